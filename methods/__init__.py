@@ -1,0 +1,1 @@
+"""Decoding methods, one module each; they register in vispec_bench.registry.METHODS."""

@@ -1,0 +1,1 @@
+"""Evaluation suites, one module each; they register in vispec_bench.registry.SUITES."""

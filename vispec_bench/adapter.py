@@ -1,0 +1,263 @@
+"""Target adapters (DESIGN.md seam 1): one interface over HF VLM classes, driving HF's own modules.
+
+The adapter owns the target's KV cache for one sample at a time:
+
+    prompt = adapter.build_prompt(sample)        # chat template + image processing (untimed)
+    out = adapter.prefill(prompt)                # vision tower, projector, prompt forward
+    logits, hidden = adapter.forward(ids, depths, ancestor_mask)   # k tokens, tree-masked
+    adapter.commit(keep)                         # keep the accepted path, drop the rest
+
+No modeling file is copied: prefill calls the HF base model (which merges image features and,
+for Qwen2.5-VL, computes the 3-D mrope positions); a forward pre-hook on its language model
+reads the merged input embeddings (so the image embeddings are exactly what the decoder saw)
+and the positions it was given (so the rope offset comes from HF's own computation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+class ImageTokenError(ValueError):
+    """A prompt's images have no placeholder tokens, or processor and model disagree on the id."""
+
+
+@dataclass
+class PreparedPrompt:
+    model_inputs: dict  # processor output, on the model's device
+    input_ids: torch.Tensor  # [S]
+    num_images: int
+    image_spans: list[tuple[int, int]] = field(default_factory=list)  # [start, end) of each image's tokens
+
+
+@dataclass
+class PrefillOutput:
+    logits: torch.Tensor  # [V] next-token logits after the prompt
+    hidden: torch.Tensor  # [S, H] last hidden states (after the final norm) of every prompt token
+    image_embeds: torch.Tensor | None  # [num_image_tokens, H] decoder input at image positions
+    position_offset: int  # next position = cache length + offset (Qwen2.5-VL rope delta; 0 elsewhere)
+
+
+def _contiguous_spans(mask: torch.Tensor) -> list[tuple[int, int]]:
+    """[start, end) of each run of True in a 1-D bool tensor."""
+    spans, start = [], None
+    for i, flag in enumerate(mask.tolist()):
+        if flag and start is None:
+            start = i
+        elif not flag and start is not None:
+            spans.append((start, i))
+            start = None
+    if start is not None:
+        spans.append((start, len(mask)))
+    return spans
+
+
+class TargetAdapter:
+    """Adapter for LLaVA-style VLMs (Llava, LlavaNext) and text-only causal LMs (1-D positions)."""
+
+    family = "llava"
+
+    def __init__(self, model, processor):
+        self.model = model
+        self.processor = processor
+        self.config = model.config
+        self.text_config = getattr(model.config, "text_config", model.config)
+        base = model.model
+        self.is_vlm = hasattr(base, "language_model")
+        self.decoder = base.language_model if self.is_vlm else base
+        self.lm_head = model.get_output_embeddings()
+        self.embed_tokens = model.get_input_embeddings()
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.eos_token_ids = self._eos_token_ids()
+        self.image_token_id = self._check_image_token_id() if self.is_vlm else None
+        self.cache = None
+        self._captured: dict = {}
+        self._position_offset = 0
+
+    # --- identity -------------------------------------------------------------------------
+    @property
+    def hidden_size(self) -> int:
+        return self.text_config.hidden_size
+
+    @property
+    def vocab_size(self) -> int:
+        return self.lm_head.weight.shape[0]
+
+    def _eos_token_ids(self) -> list[int]:
+        ids = set()
+        for source in (self.model.generation_config, self.text_config, self.config):
+            value = getattr(source, "eos_token_id", None)
+            if value is not None:
+                ids.update([value] if isinstance(value, int) else value)
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        if not ids:
+            raise ValueError("the model and tokenizer define no eos_token_id; decoding would never stop at EOS")
+        return sorted(ids)
+
+    def _check_image_token_id(self) -> int:
+        model_id = getattr(self.config, "image_token_id", None)
+        if model_id is None:
+            model_id = getattr(self.config, "image_token_index", None)
+        if model_id is None:
+            raise ImageTokenError(f"{type(self.model).__name__} config has no image_token_id / image_token_index")
+        processor_id = getattr(self.processor, "image_token_id", None)
+        if processor_id is None and hasattr(self.processor, "image_token"):
+            processor_id = self.tokenizer.convert_tokens_to_ids(self.processor.image_token)
+        if processor_id is not None and processor_id != model_id:
+            raise ImageTokenError(
+                f"the processor's image token {getattr(self.processor, 'image_token', '?')!r} has id {processor_id}, "
+                f"but the model config expects image_token_id {model_id}: image features would be scattered "
+                "nowhere. Use the processor that ships with this checkpoint.")
+        return int(model_id)
+
+    # --- prompt ---------------------------------------------------------------------------
+    def build_prompt(self, messages: list[dict], images: list) -> PreparedPrompt:
+        """Apply the chat template and process images; fail loudly if images get no tokens."""
+        if images and not self.is_vlm:
+            raise ValueError(f"{type(self.model).__name__} is a text-only model, but the sample has "
+                             f"{len(images)} image(s); use a VLM or a text-only suite")
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        if images:
+            inputs = self.processor(images=images, text=text, return_tensors="pt")
+        else:
+            inputs = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
+            inputs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+        inputs = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in dict(inputs).items()}
+        if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        input_ids = inputs["input_ids"][0]
+        spans = []
+        if images:
+            image_mask = input_ids == self.image_token_id
+            if not bool(image_mask.any()):
+                raise ImageTokenError(
+                    f"the prompt has {len(images)} image(s) but none of its {len(input_ids)} tokens is the image "
+                    f"token id {self.image_token_id}: the chat template or processor did not insert image "
+                    "placeholders, so the model would never see the image")
+            spans = self._image_spans(image_mask, len(images))
+        return PreparedPrompt(inputs, input_ids, len(images), spans)
+
+    def _image_spans(self, image_mask: torch.Tensor, num_images: int) -> list[tuple[int, int]]:
+        spans = _contiguous_spans(image_mask.cpu())
+        if len(spans) != num_images:
+            raise ImageTokenError(f"expected {num_images} runs of image tokens, found {len(spans)} at {spans}")
+        return spans
+
+    # --- cache ----------------------------------------------------------------------------
+    @property
+    def cache_length(self) -> int:
+        return 0 if self.cache is None else self.cache.get_seq_length()
+
+    def _new_cache(self):
+        from transformers import DynamicCache
+
+        return DynamicCache()
+
+    def commit(self, keep: list[int], num_appended: int) -> None:
+        """Keep `keep` (ascending indices into the last forward's tokens), drop the rest.
+
+        The last forward appended `num_appended` entries after `past`; the accepted path is
+        moved to the front of that block, then the tail is cropped.
+        """
+        past = self.cache_length - num_appended
+        num_keep = len(keep)
+        if keep != list(range(num_keep)):
+            index = torch.tensor(keep, device=self.device) + past
+            for layer in self.cache.layers:
+                layer.keys[..., past:past + num_keep, :] = layer.keys[..., index, :]
+                layer.values[..., past:past + num_keep, :] = layer.values[..., index, :]
+        if num_appended > num_keep:
+            self.cache.crop(-(num_appended - num_keep))  # negative = tokens to drop (works on 5.17 and 5.23)
+
+    # --- forwards -------------------------------------------------------------------------
+    @torch.no_grad()
+    def prefill(self, prompt: PreparedPrompt) -> PrefillOutput:
+        self.cache = self._new_cache()
+        self._captured = {}
+        handle = self.decoder.register_forward_pre_hook(self._capture_decoder_inputs, with_kwargs=True)
+        try:
+            base = self.model.model
+            out = base(**prompt.model_inputs, past_key_values=self.cache, use_cache=True)
+        finally:
+            handle.remove()
+        hidden = out.last_hidden_state[0]  # [S, H]
+        logits = self.lm_head(hidden[-1:]).float()[0]  # [V]
+        image_embeds = None
+        if prompt.num_images:
+            image_mask = prompt.input_ids == self.image_token_id
+            image_embeds = self._captured["inputs_embeds"][0][image_mask]  # [num_image_tokens, H]
+        self._position_offset = self._offset_from_prefill_positions(len(prompt.input_ids))
+        return PrefillOutput(logits, hidden, image_embeds, self._position_offset)
+
+    def _capture_decoder_inputs(self, module, args, kwargs):
+        self._captured = {"inputs_embeds": kwargs.get("inputs_embeds"), "position_ids": kwargs.get("position_ids")}
+
+    def _offset_from_prefill_positions(self, prompt_length: int) -> int:
+        return 0
+
+    def position_ids(self, positions: torch.Tensor) -> torch.Tensor:
+        """[n] cache positions -> the decoder's position_ids ([1, n] here)."""
+        return (positions + self._position_offset)[None]
+
+    @torch.no_grad()
+    def forward(self, token_ids: torch.Tensor, depths: torch.Tensor | None = None,
+                ancestor_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run n new tokens through the decoder, appending them to the cache.
+
+        token_ids [n]; depths [n] (position = cache length + depth; default 0..n-1);
+        ancestor_mask [n, n] bool, True where token i may attend to token j (itself and its
+        ancestors); None means causal. Returns float32 logits [n, V] and hidden states [n, H].
+        """
+        num_tokens = token_ids.shape[0]
+        past = self.cache_length
+        if depths is None:
+            depths = torch.arange(num_tokens, device=self.device)
+        attention_mask = None
+        if ancestor_mask is not None and num_tokens > 1:
+            # 4-D additive mask [1, 1, n, past + n]: every token sees the whole cache, and within
+            # the new block only its ancestors (tree attention, SpecInfer/EAGLE).
+            attention_mask = torch.zeros(1, 1, num_tokens, past + num_tokens, device=self.device, dtype=self.dtype)
+            attention_mask[0, 0, :, past:].masked_fill_(~ancestor_mask, torch.finfo(self.dtype).min)
+        out = self.decoder(input_ids=token_ids[None], position_ids=self.position_ids(past + depths),
+                           attention_mask=attention_mask, past_key_values=self.cache, use_cache=True)
+        hidden = out.last_hidden_state[0]  # [n, H]
+        return self.lm_head(hidden).float(), hidden
+
+    @torch.no_grad()
+    def teacher_forced_logits(self, prompt: PreparedPrompt, new_ids: list[int]) -> torch.Tensor:
+        """Logits [len(new_ids) + 1, V] of the target at each generated position (diagnostics, untimed)."""
+        first = self.prefill(prompt).logits
+        if not new_ids:
+            return first[None]
+        ids = torch.tensor(new_ids, device=self.device)
+        logits, _ = self.forward(ids)
+        return torch.cat([first[None], logits], dim=0)
+
+
+class Qwen25VLAdapter(TargetAdapter):
+    """Qwen2.5-VL: text tokens after the prompt use 3-D mrope positions equal in all three
+    sections, shifted by the rope delta that the image grid introduced during prefill."""
+
+    family = "qwen2_5_vl"
+
+    def _offset_from_prefill_positions(self, prompt_length: int) -> int:
+        positions = self._captured.get("position_ids")
+        if positions is None:  # text-only prompt: HF used plain 0..S-1
+            return 0
+        if positions.shape[0] == 4:  # some versions prepend the 1-D text positions
+            positions = positions[1:]
+        return int(positions.max()) + 1 - prompt_length
+
+    def position_ids(self, positions: torch.Tensor) -> torch.Tensor:
+        return (positions + self._position_offset).view(1, 1, -1).expand(3, 1, -1)
+
+
+def make_adapter(model, processor) -> TargetAdapter:
+    if type(model).__name__.startswith("Qwen2_5_VL"):
+        return Qwen25VLAdapter(model, processor)
+    return TargetAdapter(model, processor)

@@ -1,0 +1,125 @@
+"""Command line: `python -m vispec_bench list|run`. `list` imports no torch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = _run_defaults()
+    parser.add_argument("--model", default=defaults["model"],
+                        help="registered name (see `list --models`), local checkpoint directory, or hub id")
+    parser.add_argument("--methods", default=",".join(defaults["methods"]),
+                        help="comma-separated methods; ar always runs as the baseline")
+    parser.add_argument("--suite", default=defaults["suite"])
+    parser.add_argument("--prompt-mode", choices=["short", "long"], default=defaults["prompt_mode"],
+                        help="short answers (the suite's post-prompt) or long answers (the papers' setting)")
+    parser.add_argument("--limit", type=int, default=defaults["limit"], help="number of samples (fixed-seed choice)")
+    parser.add_argument("--max-new-tokens", type=int, default=defaults["max_new_tokens"])
+    parser.add_argument("--temperature", type=float, default=defaults["temperature"], help="0 = greedy")
+    parser.add_argument("--top-p", type=float, default=defaults["top_p"])
+    parser.add_argument("--top-k", type=int, default=defaults["top_k"], help="0 = off")
+    parser.add_argument("--seed", type=int, default=defaults["seed"])
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default=defaults["dtype"],
+                        help="auto = bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("--device", default=defaults["device"], help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--method-args", nargs="*", default=[], metavar="METHOD.KEY=VALUE",
+                        help="method options, e.g. oracle.depth=6")
+    parser.add_argument("--no-warmup", action="store_false", dest="warmup",
+                        help="skip the untimed warm-up decode of each method")
+    parser.add_argument("--out", default="runs", help="directory that receives runs/<run_id>/")
+    parser.add_argument("--run-id", default=None)
+    parser.add_argument("--resume", default=None, metavar="RUN_DIR",
+                        help="continue an interrupted run; finished samples are kept, not redone")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def _run_defaults() -> dict:
+    import dataclasses
+
+    from .config import RunConfig
+
+    return {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+            for f in dataclasses.fields(RunConfig)}
+
+
+def cmd_list(args) -> int:
+    from .registry import METHODS, MODELS, SUITES
+
+    chosen = [(flag, reg) for flag, reg in (("methods", METHODS), ("suites", SUITES), ("models", MODELS))
+              if getattr(args, flag)] or [("methods", METHODS), ("suites", SUITES), ("models", MODELS)]
+    for title, registry in chosen:
+        print(f"{title}:")
+        for entry in registry.entries():
+            source = "" if entry.source == "builtin" else f"  [{entry.source}]"
+            print(f"  {entry.name:<18} {entry.summary}{source}")
+    return 0
+
+
+def format_summary(summary: dict) -> str:
+    columns = [("method", "{}"), ("samples", "{}"), ("tokens", "{}"), ("tau", "{:.2f}"), ("speedup_dec", "{:.2f}x"),
+               ("speedup_e2e", "{:.2f}x"), ("exact_match", "{:.2f}"), ("accuracy", "{:.2f}"), ("tok/s", "{:.1f}")]
+    rows = []
+    for name, m in summary["methods"].items():
+        values = [name, m["num_samples"], m["new_tokens"], m["mean_accepted_length"], m["speedup_decode"],
+                  m["speedup_e2e"], m["exact_match_rate"], m["accuracy"], m["tokens_per_s"]]
+        rows.append(["-" if v is None else fmt.format(v) for (_, fmt), v in zip(columns, values)])
+    header = [c for c, _ in columns]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    lines = [f"{summary['model']} on {summary['suite']} ({summary['dtype']}, {summary['device']})",
+             "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += ["| " + " | ".join(v.ljust(w) for v, w in zip(r, widths)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def cmd_run(args) -> int:
+    from .config import RunConfig
+    from .runner import Runner
+
+    config = RunConfig(model=args.model, methods=args.methods.split(","), suite=args.suite,
+                       prompt_mode=args.prompt_mode, limit=args.limit, max_new_tokens=args.max_new_tokens,
+                       temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
+                       dtype=args.dtype, device=args.device, method_args=args.method_args, warmup=args.warmup)
+    runner = Runner(config, out_dir=args.out, run_id=args.run_id, resume=args.resume,
+                    progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+    run_dir = runner.run()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    print(format_summary(summary))
+    print(f"\nrecords: {run_dir}/records.jsonl\nsummary: {run_dir}/summary.json")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m vispec_bench",
+                                     description="Benchmark speculative decoding for vision-language models.")
+    sub = parser.add_subparsers(dest="command")
+    p_list = sub.add_parser("list", help="list registered methods, suites and models")
+    p_list.add_argument("--methods", action="store_true")
+    p_list.add_argument("--suites", action="store_true")
+    p_list.add_argument("--models", action="store_true")
+    p_list.set_defaults(func=cmd_list)
+    p_run = sub.add_parser("run", help="benchmark methods against AR on a suite")
+    _add_run_arguments(p_run)
+    p_run.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # bare `python -m vispec_bench`: the default benchmark
+        args = parser.parse_args(["run", *(argv or [])])
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+"""The run configuration, importable without torch (the CLI reads its defaults)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class RunConfig:
+    model: str = "tiny-llava"
+    methods: list[str] = field(default_factory=lambda: ["oracle"])
+    suite: str = "easyvqa"
+    prompt_mode: str = "long"
+    limit: int | None = 4
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+    dtype: str = "auto"
+    device: str = "auto"
+    method_args: list[str] = field(default_factory=list)
+    warmup: bool = True

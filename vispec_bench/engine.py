@@ -1,0 +1,102 @@
+"""The decoding engine (DESIGN.md seam 3): one loop for AR and every speculative method.
+
+    prefill -> first token -> [propose -> verify tree in ONE target forward -> accept
+    -> commit path to the KV cache -> emit accepted + closing token] until EOS or the cap.
+
+AR is this loop with no proposer: each round verifies the root alone and emits one token, so
+AR and every method share the adapter, cache, dtype, token cap and stop rule.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .acceptance import SamplingConfig, accept, first_token
+from .adapter import PreparedPrompt, TargetAdapter
+from .proposer import Proposer, RoundResult
+
+
+def synchronize(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class DecodeResult:
+    new_ids: list[int]  # generated ids, EOS included when hit, never more than the cap
+    accepted_lengths: list[int] = field(default_factory=list)  # per round: accepted draft tokens + 1
+    draft_depths: list[int] = field(default_factory=list)  # per round: depth of the proposed tree (0 = none)
+    prefill_s: float = 0.0  # vision encoder + prompt forward + first token
+    decode_s: float = 0.0  # everything after the first token (draft prefill included)
+    stop_reason: str = ""  # "eos" or "max_new_tokens"
+
+    @property
+    def num_rounds(self) -> int:
+        return len(self.accepted_lengths)
+
+
+@torch.no_grad()
+def decode(adapter: TargetAdapter, prompt: PreparedPrompt, proposer: Proposer | None, max_new_tokens: int,
+           sampling: SamplingConfig, seed: int = 0) -> DecodeResult:
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    device = adapter.device
+    generator = None if sampling.greedy else torch.Generator(device=device).manual_seed(seed)
+    eos = set(adapter.eos_token_ids)
+
+    synchronize(device)
+    t_start = time.perf_counter()
+    prefill = adapter.prefill(prompt)
+    emitted = [first_token(prefill.logits, sampling, generator)]
+    synchronize(device)
+    t_first = time.perf_counter()
+
+    result = DecodeResult(new_ids=emitted)
+    if emitted[0] in eos or max_new_tokens == 1:
+        result.stop_reason = "eos" if emitted[0] in eos else "max_new_tokens"
+        result.prefill_s = t_first - t_start
+        return result
+    if proposer is not None:
+        proposer.start(adapter, prompt, prefill, emitted[0])
+
+    while True:
+        budget = max_new_tokens - len(emitted)
+        tree = proposer.propose(emitted, budget) if proposer is not None else None
+        if tree is not None and tree.max_depth >= budget:
+            tree = tree.truncated(budget - 1)  # a round can emit at most `budget` tokens
+        if tree is None or tree.num_nodes == 1:
+            verify_ids = torch.tensor([emitted[-1]], device=device)
+            logits, hidden = adapter.forward(verify_ids)
+            tree, depths, mask = None, None, None
+        else:
+            verify_ids = torch.cat([torch.tensor([emitted[-1]], device=device), tree.tokens.to(device)])
+            depths = torch.tensor(tree.depths, device=device)
+            mask = tree.ancestor_mask().to(device)
+            logits, hidden = adapter.forward(verify_ids, depths, mask)
+        path, closing = accept(logits, tree, sampling, generator)
+        adapter.commit(path, num_appended=verify_ids.shape[0])
+
+        path_tokens = verify_ids[path].tolist()
+        num_before = len(emitted)
+        for token in path_tokens[1:] + [closing]:
+            emitted.append(token)
+            if token in eos or len(emitted) >= max_new_tokens:
+                result.stop_reason = "eos" if token in eos else "max_new_tokens"
+                break
+        # Tokens emitted this round: (len(path) - 1) accepted drafts + 1 closing token, unless EOS
+        # or the cap cut the path; so sum(accepted_lengths) + 1 == len(new_ids) always holds.
+        result.accepted_lengths.append(len(emitted) - num_before)
+        result.draft_depths.append(0 if tree is None else tree.max_depth)
+        if result.stop_reason:
+            break
+        if proposer is not None:
+            proposer.absorb(RoundResult(path, path_tokens, hidden[path], closing))
+
+    synchronize(device)
+    t_end = time.perf_counter()
+    result.prefill_s = t_first - t_start
+    result.decode_s = t_end - t_first
+    return result

@@ -1,0 +1,112 @@
+"""Methods: a name, an options dataclass with the defaults next to the method, and a proposer.
+
+Options are set from the CLI as `--method-args NAME.KEY=VALUE`; values are converted with the
+dataclass field's type, booleans strictly (ANCHORS.md mistake 6: `type=bool` makes "False" true).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import typing
+from dataclasses import dataclass
+
+from .adapter import TargetAdapter
+from .proposer import Proposer
+
+
+@dataclass
+class NoOptions:
+    pass
+
+
+class Method:
+    name: str = ""
+    Options: type = NoOptions
+    lossless: bool = True  # False only for options that change the output distribution (e.g. typical acceptance)
+
+    def __init__(self, options=None):
+        self.options = options if options is not None else self.Options()
+
+    def is_lossless(self) -> bool:
+        return self.lossless
+
+    def make_proposer(self, adapter: TargetAdapter, context: "SampleContext") -> Proposer | None:
+        """A fresh proposer for one sample; None means plain autoregressive decoding."""
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"name": self.name, "class": f"{type(self).__module__}:{type(self).__qualname__}",
+                "lossless": self.is_lossless(), "options": dataclasses.asdict(self.options)}
+
+    def config_hash(self) -> str:
+        """Identifies the method's code path and options: records with different hashes are not comparable."""
+        blob = json.dumps(self.describe(), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+@dataclass
+class SampleContext:
+    """What the runner knows about the sample beyond its prompt."""
+
+    sample_id: str
+    reference_ids: list[int] | None = None  # AR's ids for this sample (same run), used by the oracle
+
+
+_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+
+
+def convert_option(options_class: type, key: str, raw: str):
+    fields = {f.name: f for f in dataclasses.fields(options_class)}
+    if key not in fields:
+        close = difflib.get_close_matches(key, list(fields), n=2)
+        hint = f" Did you mean {' or '.join(close)}?" if close else ""
+        known = ", ".join(fields) or "(this method takes no options)"
+        raise ValueError(f"unknown option {key!r} for {options_class.__qualname__}.{hint} Known: {known}")
+    hints = typing.get_type_hints(options_class)
+    kind = hints[key]
+    origin = typing.get_origin(kind)
+    if origin is typing.Literal:
+        allowed = typing.get_args(kind)
+        if raw not in allowed:
+            raise ValueError(f"option {key} must be one of {', '.join(map(str, allowed))}; got {raw!r}")
+        return raw
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        if raw.lower() in ("none", "null"):
+            return None
+        kind = args[0]
+    if kind is bool:
+        if raw.lower() in _TRUE:
+            return True
+        if raw.lower() in _FALSE:
+            return False
+        raise ValueError(f"option {key} is a boolean: use true or false, got {raw!r}")
+    try:
+        return kind(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"option {key} expects {getattr(kind, '__name__', kind)}, got {raw!r}") from None
+
+
+def parse_method_args(items: list[str], method_names: list[str]) -> dict[str, dict[str, str]]:
+    """["eagle2.depth=5", ...] -> {"eagle2": {"depth": "5"}}; names must be among the run's methods."""
+    parsed: dict[str, dict[str, str]] = {}
+    for item in items:
+        name_key, sep, value = item.partition("=")
+        name, dot, key = name_key.partition(".")
+        if not sep or not dot or not key:
+            raise ValueError(f"--method-args expects METHOD.KEY=VALUE, got {item!r}")
+        if name not in method_names:
+            raise ValueError(f"--method-args {item!r} names method {name!r}, which is not in this run "
+                             f"(--methods {','.join(method_names)})")
+        parsed.setdefault(name, {})[key] = value
+    return parsed
+
+
+def build_method(method_class: type, name: str, raw_options: dict[str, str]) -> Method:
+    values = {key: convert_option(method_class.Options, key, raw) for key, raw in raw_options.items()}
+    method = method_class(method_class.Options(**values))
+    method.name = name
+    return method

@@ -1,0 +1,108 @@
+"""Run records (DESIGN.md seam 5): manifest.json, records.jsonl (append-only), summary.json.
+
+Records are never overwritten or deduplicated: each is one JSON line written with a single
+append and flushed to disk before the next sample starts. A corrupt line is an error naming
+its line number; the file is left as it is for the user to inspect.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+MANIFEST, RECORDS, SUMMARY = "manifest.json", "records.jsonl", "summary.json"
+
+
+class CorruptRecordsError(ValueError):
+    pass
+
+
+class ConfigMismatchError(ValueError):
+    pass
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} does not exist: is this a vispec-bench run directory?") from None
+    except json.JSONDecodeError as err:
+        raise CorruptRecordsError(f"{path} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
+
+
+def load_records(path: Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    with path.open() as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                last = not line.endswith("\n")
+                why = " (an incomplete last write: the run was killed mid-write)" if last else ""
+                raise CorruptRecordsError(
+                    f"{path}:{line_number} is not a valid JSON record{why}: {err.msg}. Nothing was skipped; "
+                    f"move that line out of the file to resume, and the sample will be redone.") from None
+            if not isinstance(record, dict) or "method" not in record or "sample_id" not in record:
+                raise CorruptRecordsError(f"{path}:{line_number} is JSON but not a run record "
+                                          "(needs 'method' and 'sample_id')")
+            records.append(record)
+    return records
+
+
+class RunStore:
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+
+    @property
+    def records_path(self) -> Path:
+        return self.run_dir / RECORDS
+
+    @classmethod
+    def create(cls, run_dir: Path, manifest: dict) -> "RunStore":
+        run_dir = Path(run_dir)
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise FileExistsError(f"{run_dir} already holds a run; use --resume {run_dir} or another --run-id")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run_dir / MANIFEST, manifest)
+        return cls(run_dir)
+
+    @classmethod
+    def resume(cls, run_dir: Path, config: dict) -> "RunStore":
+        """Reopen a run; the resolved config must equal the stored one, or records would mix."""
+        run_dir = Path(run_dir)
+        stored = read_json(run_dir / MANIFEST)["config"]
+        differing = sorted(k for k in set(stored) | set(config) if stored.get(k) != config.get(k))
+        if differing:
+            details = "; ".join(f"{k}: stored {stored.get(k)!r}, now {config.get(k)!r}" for k in differing)
+            raise ConfigMismatchError(f"cannot resume {run_dir}: the config differs ({details})")
+        return cls(run_dir)
+
+    def manifest(self) -> dict:
+        return read_json(self.run_dir / MANIFEST)
+
+    def records(self) -> list[dict]:
+        return load_records(self.records_path)
+
+    def append(self, record: dict) -> None:
+        line = (json.dumps(record, default=str) + "\n").encode()
+        fd = os.open(self.records_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)  # one write per record: a kill leaves at most one partial last line
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def write_summary(self, summary: dict) -> None:
+        write_json_atomic(self.run_dir / SUMMARY, summary)

@@ -1,0 +1,182 @@
+"""The benchmark runner: samples x methods on one target adapter, recorded as they finish.
+
+Order: for each sample, AR first, then every other method, so that drift in machine state
+(thermal, frequency, background load) hits AR and the methods alike, and every method can be
+checked against AR's ids for the same sample at once. Before any timed sample, each method
+decodes the first sample once, untimed (warm-up: allocator, kernels, caches).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import environment
+from .acceptance import SamplingConfig
+from .adapter import make_adapter
+from .engine import decode
+from .method import SampleContext, build_method, parse_method_args
+from .metrics import summarize
+from .models import load_model, resolve_device, resolve_dtype
+from .records import RunStore
+from .registry import METHODS, SUITES
+from .config import RunConfig
+from .suite import sample_ids_hash
+
+# Below this top-1/top-2 logit margin, a float32 divergence is a numerical tie between
+# differently shaped matmuls (DESIGN.md "Output equivalence"), counted and reported as such.
+NUMERICAL_TIE_MARGIN = 1e-4
+
+
+def _method_list(names: list[str]) -> list[str]:
+    names = [n.strip() for n in names if n.strip()]
+    for name in names:
+        METHODS.get(name)  # unknown name -> error with "did you mean"
+    duplicates = {n for n in names if names.count(n) > 1}
+    if duplicates:
+        raise ValueError(f"--methods lists {', '.join(sorted(duplicates))} more than once")
+    return ["ar"] + [n for n in names if n != "ar"]  # AR always runs, first, as the baseline
+
+
+def equivalence(method_ids: list[int], ar_ids: list[int], margin_at) -> dict:
+    """Exact match against AR, and at the first divergence the target's top-1/top-2 margin."""
+    if method_ids == ar_ids:
+        return {"exact_match": True, "first_divergence": None, "margin": None, "numerical_tie": False}
+    first = next((i for i, (a, b) in enumerate(zip(method_ids, ar_ids)) if a != b), min(len(method_ids), len(ar_ids)))
+    margin = margin_at(first)
+    return {"exact_match": False, "first_divergence": first, "margin": margin,
+            "numerical_tie": margin is not None and margin < NUMERICAL_TIE_MARGIN,
+            "method_token": method_ids[first] if first < len(method_ids) else None,
+            "ar_token": ar_ids[first] if first < len(ar_ids) else None}
+
+
+class Runner:
+    def __init__(self, config: RunConfig, out_dir: str | Path = "runs", run_id: str | None = None,
+                 resume: str | Path | None = None, progress: bool = True, log=print):
+        self.config = config
+        self.progress = progress
+        self.log = log
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        self.sampling = SamplingConfig(config.temperature, config.top_p, config.top_k)
+        method_names = _method_list(config.methods)
+        raw_args = parse_method_args(config.method_args, method_names)
+        self.methods = [build_method(METHODS.load(n), n, raw_args.get(n, {})) for n in method_names]
+        self.suite = SUITES.load(config.suite)(prompt_mode=config.prompt_mode)
+        self.samples = self.suite.select(config.limit, config.seed)
+        if not self.samples:
+            raise ValueError(f"suite {config.suite} selected no samples")
+        resolved = self.resolved_config()
+        if resume is not None:
+            self.store = RunStore.resume(resume, resolved)
+        else:
+            run_id = run_id or f"{config.model.replace('/', '_')}-{config.suite}-{time.strftime('%Y%m%d-%H%M%S')}"
+            manifest = {"run_id": run_id, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                        "command": " ".join(sys.argv), "config": resolved,
+                        "environment": environment.capture(self.device)}
+            self.store = RunStore.create(Path(out_dir) / run_id, manifest)
+
+    def resolved_config(self) -> dict:
+        ids = [s.sample_id for s in self.samples]
+        config = dataclasses.asdict(self.config)
+        config.pop("methods"), config.pop("method_args")
+        config.update(device=self.device, dtype=str(self.dtype).removeprefix("torch."),
+                      methods=[m.describe() | {"config_hash": m.config_hash()} for m in self.methods],
+                      sample_ids=ids, sample_ids_hash=sample_ids_hash(ids))
+        return config
+
+    def run(self) -> Path:
+        from tqdm.auto import tqdm
+
+        loaded = load_model(self.config.model, self.dtype, self.device, seed=self.config.seed)
+        adapter = make_adapter(loaded.model, loaded.processor)
+        records = self.store.records()
+        done = {(r["sample_id"], r["method"], r.get("repeat", 0)) for r in records}
+        ar_ids = {r["sample_id"]: r["new_ids"] for r in records if r["method"] == "ar"}
+        if done:
+            self.log(f"resuming {self.store.run_dir}: {len(done)} records already there, not redone")
+        todo = [(s, m) for s in self.samples for m in self.methods if (s.sample_id, m.name, 0) not in done]
+        if not todo:
+            self.log("nothing left to run")
+        elif self.config.warmup:
+            self._warm_up(adapter, self.samples[0])
+
+        bars = {m.name: tqdm(total=len(self.samples), desc=f"{m.name:>10}", position=i, leave=True,
+                             disable=not self.progress, file=sys.stderr,
+                             initial=sum(1 for s in self.samples if (s.sample_id, m.name, 0) in done))
+                for i, m in enumerate(self.methods)}
+        try:
+            for index, sample in enumerate(self.samples):
+                pending = [m for m in self.methods if (sample.sample_id, m.name, 0) not in done]
+                if not pending:
+                    continue
+                prompt = adapter.build_prompt(sample.messages, sample.images)  # untimed
+                for method in pending:
+                    record = self._run_one(adapter, prompt, sample, index, method, ar_ids)
+                    self.store.append(record)
+                    bars[method.name].update(1)
+        except KeyboardInterrupt:
+            self.log(f"\ninterrupted: finished records are saved; resume with --resume {self.store.run_dir}")
+            raise
+        finally:
+            for bar in bars.values():
+                bar.close()
+        summary = summarize(self.store.records(), self.store.manifest())
+        self.store.write_summary(summary)
+        return self.store.run_dir
+
+    def _sample_seed(self, index: int) -> int:
+        return self.config.seed * 1_000_003 + index  # same seed for AR and every method on a sample
+
+    def _warm_up(self, adapter, sample) -> None:
+        prompt = adapter.build_prompt(sample.messages, sample.images)
+        reference = decode(adapter, prompt, None, self.config.max_new_tokens, self.sampling).new_ids
+        context = SampleContext(sample.sample_id, reference)
+        for method in self.methods[1:]:
+            decode(adapter, prompt, method.make_proposer(adapter, context), self.config.max_new_tokens, self.sampling)
+
+    def _run_one(self, adapter, prompt, sample, index, method, ar_ids) -> dict:
+        context = SampleContext(sample.sample_id, ar_ids.get(sample.sample_id))
+        proposer = method.make_proposer(adapter, context)
+        result = decode(adapter, prompt, proposer, self.config.max_new_tokens, self.sampling,
+                        seed=self._sample_seed(index))
+        text = adapter.tokenizer.decode(result.new_ids, skip_special_tokens=True)
+        if method.name == "ar":
+            ar_ids[sample.sample_id] = result.new_ids
+            match = {"exact_match": True, "first_divergence": None, "margin": None, "numerical_tie": False}
+        else:
+            match = equivalence(result.new_ids, ar_ids[sample.sample_id],
+                                lambda position: self._margin(adapter, prompt, ar_ids[sample.sample_id], position))
+        return {
+            "sample_id": sample.sample_id,
+            "sample_index": index,
+            "method": method.name,
+            "method_config_hash": method.config_hash(),
+            "lossless": method.is_lossless(),
+            "repeat": 0,
+            "prompt_tokens": int(prompt.input_ids.shape[0]),
+            "num_images": prompt.num_images,
+            "new_ids": result.new_ids,
+            "num_new_tokens": len(result.new_ids),
+            "stop_reason": result.stop_reason,
+            "num_rounds": result.num_rounds,
+            "accepted_lengths": result.accepted_lengths,
+            "draft_depths": result.draft_depths,
+            "prefill_s": result.prefill_s,
+            "decode_s": result.decode_s,
+            "equivalence": match,
+            "answer": text,
+            "references": sample.references,
+            "score": self.suite.score(sample, text),
+        }
+
+    @staticmethod
+    def _margin(adapter, prompt, ar_ids: list[int], position: int) -> float | None:
+        """Target's top-1 minus top-2 logit after the prompt and AR's first `position` ids (untimed)."""
+        logits = adapter.teacher_forced_logits(prompt, ar_ids[:position])[position]
+        top2 = torch.topk(logits.float(), 2).values
+        return float(top2[0] - top2[1])

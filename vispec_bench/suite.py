@@ -1,0 +1,54 @@
+"""Suites (DESIGN.md seam 4): samples with chat messages and images, fixed-seed selection, scoring."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field
+from typing import Literal
+
+PromptMode = Literal["short", "long"]
+# The VLM speculative-decoding papers ask for long answers: drafts are judged on long outputs.
+LONG_ANSWER_INSTRUCTION = "Please answer with an explanation."
+
+
+@dataclass
+class Sample:
+    sample_id: str
+    messages: list[dict]  # chat messages; an image is a content part {"type": "image"}, in order
+    images: list = field(default_factory=list)  # PIL images, one per image part
+    references: list[str] = field(default_factory=list)  # gold answers for scoring
+    meta: dict = field(default_factory=dict)
+
+
+class Suite:
+    name = ""
+
+    def __init__(self, prompt_mode: PromptMode = "long"):
+        if prompt_mode not in ("short", "long"):
+            raise ValueError(f"prompt mode must be 'short' or 'long', got {prompt_mode!r}")
+        self.prompt_mode = prompt_mode
+
+    def num_candidates(self) -> int:
+        raise NotImplementedError
+
+    def sample(self, index: int) -> Sample:
+        raise NotImplementedError
+
+    def score(self, sample: Sample, answer_text: str) -> float:
+        raise NotImplementedError
+
+    def select(self, limit: int | None, seed: int) -> list[Sample]:
+        """`limit` samples drawn without replacement by a seeded RNG; the same (limit, seed) gives the same ids."""
+        total = self.num_candidates()
+        if limit is None or limit >= total:
+            indices = list(range(total))
+        elif limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {limit}")
+        else:
+            indices = random.Random(seed).sample(range(total), limit)
+        return [self.sample(i) for i in indices]
+
+
+def sample_ids_hash(sample_ids: list[str]) -> str:
+    return hashlib.sha256("\n".join(sample_ids).encode()).hexdigest()[:16]
