@@ -131,16 +131,18 @@ class TargetAdapter:
         if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
             inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         input_ids = inputs["input_ids"][0]
-        spans = []
-        if images:
-            image_mask = input_ids == self.image_token_id
-            if not bool(image_mask.any()):
-                raise ImageTokenError(
-                    f"the prompt has {len(images)} image(s) but none of its {len(input_ids)} tokens is the image "
-                    f"token id {self.image_token_id}: the chat template or processor did not insert image "
-                    "placeholders, so the model would never see the image")
-            spans = self._image_spans(image_mask, len(images))
+        spans = self.check_image_tokens(input_ids, len(images)) if images else []
         return PreparedPrompt(inputs, input_ids, len(images), spans)
+
+    def check_image_tokens(self, input_ids: torch.Tensor, num_images: int) -> list[tuple[int, int]]:
+        """[start, end) of each image's placeholder run; raises if the ids hold none or the count is off."""
+        image_mask = input_ids == self.image_token_id
+        if not bool(image_mask.any()):
+            raise ImageTokenError(
+                f"the prompt has {num_images} image(s) but none of its {len(input_ids)} tokens is the image "
+                f"token id {self.image_token_id}: the chat template or processor did not insert image "
+                "placeholders the model recognises, so the model would never see the image")
+        return self._image_spans(image_mask, num_images)
 
     def _image_spans(self, image_mask: torch.Tensor, num_images: int) -> list[tuple[int, int]]:
         spans = _contiguous_spans(image_mask.cpu())

@@ -76,6 +76,9 @@ def _looks_like_hub_id(name: str) -> bool:
 def _load_pretrained(name: str, dtype: torch.dtype, device: str, source: str) -> LoadedModel:
     import transformers
 
+    if source == "local" and not os.path.isfile(os.path.join(name, "config.json")):
+        raise ModelLoadError(f"cannot load model {name!r}: this directory has no config.json "
+                             "(expected a checkpoint saved with save_pretrained)")
     try:
         config = transformers.AutoConfig.from_pretrained(name)
     except OSError as err:

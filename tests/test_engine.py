@@ -1,0 +1,119 @@
+"""The engine: AR equals HF generate; proposals never change the output, only the round count."""
+
+import pytest
+import torch
+
+from conftest import easyvqa_samples, tiny_by_name, two_image_messages
+from methods.oracle import OracleProposer
+from vispec_bench.acceptance import SamplingConfig
+from vispec_bench.engine import decode
+from vispec_bench.proposer import Proposer
+from vispec_bench.tree import DraftTree
+
+GREEDY = SamplingConfig()
+
+
+def _prompt(adapter, sample):
+    return adapter.build_prompt(sample.messages, sample.images)
+
+
+def test_ar_matches_hf_generate_greedy_on_every_tiny_vlm(tiny):
+    loaded, adapter = tiny
+    for sample in easyvqa_samples():
+        prompt = _prompt(adapter, sample)
+        ours = decode(adapter, prompt, None, 40, GREEDY)
+        hf = loaded.model.generate(**prompt.model_inputs, max_new_tokens=40, do_sample=False)
+        hf_ids = hf[0, prompt.input_ids.shape[0]:].tolist()
+        assert ours.new_ids == hf_ids
+        assert ours.accepted_lengths == [1] * (len(ours.new_ids) - 1)  # AR: tau exactly 1
+
+
+def test_oracle_reproduces_ar_with_tau_depth_plus_one(tiny):
+    _, adapter = tiny
+    sample = easyvqa_samples()[0]
+    prompt = _prompt(adapter, sample)
+    ar = decode(adapter, prompt, None, 41, GREEDY)
+    for depth in (1, 4):
+        result = decode(adapter, prompt, OracleProposer(ar.new_ids, depth, False, adapter.vocab_size), 41, GREEDY)
+        assert result.new_ids == ar.new_ids
+        if ar.stop_reason == "max_new_tokens":
+            # 40 tokens after the first, depth + 1 per round: every full round is perfect.
+            assert result.accepted_lengths == [depth + 1] * (40 // (depth + 1)) + (
+                [40 % (depth + 1)] if 40 % (depth + 1) else [])
+        assert sum(result.accepted_lengths) + 1 == len(result.new_ids)
+        assert sum(result.accepted_lengths) / len(result.accepted_lengths) > 1
+
+
+def test_wrong_proposals_give_ar_ids_with_tau_one(tiny):
+    _, adapter = tiny
+    prompt = _prompt(adapter, easyvqa_samples()[1])
+    ar = decode(adapter, prompt, None, 32, GREEDY)
+    result = decode(adapter, prompt, OracleProposer(ar.new_ids, 5, True, adapter.vocab_size), 32, GREEDY)
+    assert result.new_ids == ar.new_ids
+    assert result.accepted_lengths == [1] * len(ar.accepted_lengths)
+    assert all(depth > 0 for depth in result.draft_depths[:-1])  # it did propose, and was rejected
+
+
+class BranchingOracle(Proposer):
+    """A tree whose right path hides behind wrong siblings: tests the tree mask, depth positions
+    and the commit of a non-contiguous path (the accepted nodes are not a prefix of the input)."""
+
+    def __init__(self, reference, vocab_size):
+        self.reference, self.vocab_size = reference, vocab_size
+
+    def propose(self, emitted, budget):
+        good = self.reference[len(emitted):len(emitted) + 3]
+        if not good:
+            return None
+        tokens, parents = [], []
+        parent = 0
+        for token in good:
+            wrong = (token + 7) % self.vocab_size
+            tokens += [wrong, token]  # the wrong sibling comes first, so the kept nodes are 2, 4, 6
+            parents += [parent, parent]
+            parent = len(tokens)  # the right token's node index
+        return DraftTree(torch.tensor(tokens), parents)
+
+
+def test_branching_tree_with_wrong_siblings_matches_ar(tiny):
+    _, adapter = tiny
+    prompt = _prompt(adapter, easyvqa_samples()[2])
+    ar = decode(adapter, prompt, None, 30, GREEDY)
+    result = decode(adapter, prompt, BranchingOracle(ar.new_ids, adapter.vocab_size), 30, GREEDY)
+    assert result.new_ids == ar.new_ids
+    assert max(result.accepted_lengths) == 4
+
+
+@pytest.mark.parametrize("name", ["tiny-llava-next", "tiny-qwen25vl", "tiny-llava"])
+def test_two_image_prompt_decodes_and_oracle_matches(name):
+    loaded, adapter = tiny_by_name(name)
+    images = [s.images[0] for s in easyvqa_samples()[:2]]
+    prompt = adapter.build_prompt(two_image_messages(), images)
+    assert len(prompt.image_spans) == 2
+    ar = decode(adapter, prompt, None, 24, GREEDY)
+    hf = loaded.model.generate(**prompt.model_inputs, max_new_tokens=24, do_sample=False)
+    assert ar.new_ids == hf[0, prompt.input_ids.shape[0]:].tolist()
+    result = decode(adapter, prompt, OracleProposer(ar.new_ids, 3, False, adapter.vocab_size), 24, GREEDY)
+    assert result.new_ids == ar.new_ids
+
+
+def test_token_cap_and_eos_are_the_same_stop_rule_for_every_method():
+    _, adapter = tiny_by_name("tiny-llava")
+    prompt = _prompt(adapter, easyvqa_samples()[0])
+    for cap in (1, 2, 7):
+        ar = decode(adapter, prompt, None, cap, GREEDY)
+        oracle = decode(adapter, prompt, OracleProposer(ar.new_ids + [0] * 10, 4, False, adapter.vocab_size), cap,
+                        GREEDY)
+        assert len(ar.new_ids) <= cap and oracle.new_ids == ar.new_ids
+
+
+def test_qwen25vl_decode_positions_continue_from_hf_rope_delta():
+    """After an image, Qwen2.5-VL's next text position is max(3-D positions) + 1, not the token count."""
+    _, adapter = tiny_by_name("tiny-qwen25vl")
+    prompt = _prompt(adapter, easyvqa_samples()[0])
+    prefill = adapter.prefill(prompt)
+    grid = prompt.model_inputs["image_grid_thw"][0].tolist()  # [t, h, w] patches; merged 2x2
+    num_image_tokens = grid[0] * grid[1] * grid[2] // 4
+    # The image span occupies max(t, h/2, w/2) positions instead of num_image_tokens.
+    assert prefill.position_offset == max(grid[0], grid[1] // 2, grid[2] // 2) - num_image_tokens
+    assert prefill.position_offset < 0

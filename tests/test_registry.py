@@ -1,0 +1,48 @@
+import subprocess
+import sys
+from importlib import metadata
+
+import pytest
+
+from vispec_bench.registry import METHODS, Registry, RegistryError
+
+
+def test_list_command_does_not_import_torch():
+    code = ("import sys; from vispec_bench.cli import main; main(['list']); "
+            "assert 'torch' not in sys.modules, 'list imported torch'; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "oracle" in out.stdout and "tiny-qwen25vl" in out.stdout and out.stdout.strip().endswith("ok")
+
+
+def test_unknown_method_gets_did_you_mean():
+    with pytest.raises(RegistryError, match="Did you mean 'oracle'"):
+        METHODS.get("oracel")
+
+
+def test_duplicate_name_is_an_error():
+    registry = Registry("method")
+    registry.register("ar", "methods.ar:AR")
+    with pytest.raises(RegistryError, match="duplicate method name 'ar'"):
+        registry.register("ar", "other.module:AR")
+    with pytest.raises(RegistryError, match="duplicate method name 'ar'"):
+        registry.register("baseline", "methods.ar:AR", aliases=("ar",))
+
+
+def test_aliases_resolve_to_the_entry():
+    from vispec_bench.registry import SUITES
+
+    assert SUITES.get("easy-vqa").name == "easyvqa"
+
+
+def test_plugins_register_through_entry_points(monkeypatch):
+    registry = Registry("method")
+    plugin = metadata.EntryPoint(name="myspec", value="methods.ar:AR", group="vispec_bench.methods")
+
+    def fake_entry_points(group):
+        return [plugin] if group == "vispec_bench.methods" else []
+
+    monkeypatch.setattr(metadata, "entry_points", fake_entry_points)
+    assert "myspec" in registry.names()
+    assert registry.load("myspec").__name__ == "AR"
+    assert registry.get("myspec").source.startswith("plugin")
