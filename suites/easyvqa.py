@@ -17,8 +17,9 @@ SHORT_ANSWER_INSTRUCTION = "Answer the question using a single word."
 class EasyVQA(Suite):
     name = "easyvqa"
 
-    def __init__(self, prompt_mode="long", split: str = "test"):
+    def __init__(self, prompt_mode="long", split: str | None = "test"):
         super().__init__(prompt_mode)
+        split = split or "test"
         import easy_vqa  # imported here: the package installs a stray top-level `test`; use only easy_vqa
 
         if split not in ("train", "test"):

@@ -115,3 +115,32 @@ def accept(logits: torch.Tensor, tree: DraftTree | None, config: SamplingConfig,
         if next_node is None:
             return path, int(torch.multinomial(p, 1, generator=generator))
         path.append(next_node)
+
+
+def accept_typical(logits: torch.Tensor, tree: DraftTree | None, config: SamplingConfig,
+                   generator: torch.Generator | None, epsilon: float = 0.09, delta: float = 0.3
+                   ) -> tuple[list[int], int]:
+    """Medusa's typical acceptance (Cai et al. 2024, section 2.3.1). LOSSY: not the target's distribution.
+
+    A child x of a node is accepted when p(x) > min(epsilon, delta * exp(-H(p))), p being the
+    target's distribution at the node (temperature 1 when decoding greedily); the first passing
+    child in rank order is followed. The closing token is the target's argmax (greedy) or a
+    sample from p.
+    """
+    if tree is None or tree.num_nodes == 1:
+        return [0], first_token(logits[0], config, generator)
+    probs = target_probs(logits, config) if not config.greedy else torch.softmax(logits.float(), dim=-1)
+    entropy = -(probs * torch.log(probs.clamp_min(1e-20))).sum(-1)
+    threshold = torch.minimum(torch.full_like(entropy, epsilon), delta * torch.exp(-entropy))  # [n]
+    draft_tokens = tree.tokens.tolist()
+    children = tree.children
+    path = [0]
+    while True:
+        node = path[-1]
+        match = next((c for c in children[node] if float(probs[node, draft_tokens[c - 1]]) > float(threshold[node])),
+                     None)
+        if match is None:
+            closing = int(logits[node].argmax()) if config.greedy else int(
+                torch.multinomial(probs[node], 1, generator=generator))
+            return path, closing
+        path.append(match)

@@ -36,6 +36,7 @@ class PreparedPrompt:
 class PrefillOutput:
     logits: torch.Tensor  # [V] next-token logits after the prompt
     hidden: torch.Tensor  # [S, H] last hidden states (after the final norm) of every prompt token
+    input_embeds: torch.Tensor  # [S, H] the decoder's input embeddings (image embeddings at image positions)
     image_embeds: torch.Tensor | None  # [num_image_tokens, H] decoder input at image positions
     position_offset: int  # next position = cache length + offset (Qwen2.5-VL rope delta; 0 elsewhere)
 
@@ -189,12 +190,13 @@ class TargetAdapter:
             handle.remove()
         hidden = out.last_hidden_state[0]  # [S, H]
         logits = self.lm_head(hidden[-1:]).float()[0]  # [V]
+        input_embeds = self._captured.get("inputs_embeds")
+        input_embeds = self.embed_tokens(prompt.input_ids) if input_embeds is None else input_embeds[0]  # [S, H]
         image_embeds = None
         if prompt.num_images:
-            image_mask = prompt.input_ids == self.image_token_id
-            image_embeds = self._captured["inputs_embeds"][0][image_mask]  # [num_image_tokens, H]
+            image_embeds = input_embeds[prompt.input_ids == self.image_token_id]  # [num_image_tokens, H]
         self._position_offset = self._offset_from_prefill_positions(len(prompt.input_ids))
-        return PrefillOutput(logits, hidden, image_embeds, self._position_offset)
+        return PrefillOutput(logits, hidden, input_embeds, image_embeds, self._position_offset)
 
     def _capture_decoder_inputs(self, module, args, kwargs):
         self._captured = {"inputs_embeds": kwargs.get("inputs_embeds"), "position_ids": kwargs.get("position_ids")}
@@ -208,12 +210,14 @@ class TargetAdapter:
 
     @torch.no_grad()
     def forward(self, token_ids: torch.Tensor, depths: torch.Tensor | None = None,
-                ancestor_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                ancestor_mask: torch.Tensor | None = None, logits: bool = True
+                ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Run n new tokens through the decoder, appending them to the cache.
 
         token_ids [n]; depths [n] (position = cache length + depth; default 0..n-1);
         ancestor_mask [n, n] bool, True where token i may attend to token j (itself and its
-        ancestors); None means causal. Returns float32 logits [n, V] and hidden states [n, H].
+        ancestors); None means causal. Returns float32 logits [n, V] (None if not asked for) and
+        hidden states [n, H].
         """
         num_tokens = token_ids.shape[0]
         past = self.cache_length
@@ -228,7 +232,7 @@ class TargetAdapter:
         out = self.decoder(input_ids=token_ids[None], position_ids=self.position_ids(past + depths),
                            attention_mask=attention_mask, past_key_values=self.cache, use_cache=True)
         hidden = out.last_hidden_state[0]  # [n, H]
-        return self.lm_head(hidden).float(), hidden
+        return (self.lm_head(hidden).float() if logits else None), hidden
 
     @torch.no_grad()
     def teacher_forced_logits(self, prompt: PreparedPrompt, new_ids: list[int]) -> torch.Tensor:

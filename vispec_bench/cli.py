@@ -92,6 +92,30 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_gen_data(args) -> int:
+    from .datagen import GenDataConfig, generate_data
+
+    config = GenDataConfig(model=args.model, suite=args.suite, split=args.split, prompt_mode=args.prompt_mode,
+                           prompt_suffix=args.prompt_suffix, limit=args.limit, seed=args.seed,
+                           max_new_tokens=args.max_new_tokens, dtype=args.dtype, device=args.device)
+    path = generate_data(config, args.out, progress=not args.no_progress)
+    print(f"training data: {path}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .training import TrainConfig, train
+
+    config = TrainConfig(method=args.method, model=args.model, data=args.data, out=args.out, steps=args.steps,
+                         lr=args.lr, warmup_steps=args.warmup_steps, grad_clip=args.grad_clip,
+                         eval_fraction=args.eval_fraction, eval_every=args.eval_every, save_every=args.save_every,
+                         seed=args.seed, dtype=args.dtype, device=args.device, init=args.init,
+                         method_args=args.method_args, resume=args.resume)
+    path = train(config, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+    print(f"draft checkpoint: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m vispec_bench",
                                      description="Benchmark speculative decoding for vision-language models.")
@@ -104,6 +128,44 @@ def build_parser() -> argparse.ArgumentParser:
     p_run = sub.add_parser("run", help="benchmark methods against AR on a suite")
     _add_run_arguments(p_run)
     p_run.set_defaults(func=cmd_run)
+
+    p_gen = sub.add_parser("gen-data", help="let the target answer suite prompts: training data for drafts")
+    p_gen.add_argument("--model", required=True)
+    p_gen.add_argument("--suite", default="easyvqa")
+    p_gen.add_argument("--split", default="train", help="suite split to draw prompts from (not the benchmark's)")
+    p_gen.add_argument("--prompt-mode", choices=["short", "long"], default="long")
+    p_gen.add_argument("--prompt-suffix", default="",
+                       help='appended to each question, e.g. "Please answer with at least 1000 words."')
+    p_gen.add_argument("--limit", type=int, default=64)
+    p_gen.add_argument("--seed", type=int, default=0)
+    p_gen.add_argument("--max-new-tokens", type=int, default=256)
+    p_gen.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto")
+    p_gen.add_argument("--device", default="auto")
+    p_gen.add_argument("--out", required=True, help="directory; an interrupted run resumes there")
+    p_gen.add_argument("--no-progress", action="store_true")
+    p_gen.set_defaults(func=cmd_gen_data)
+
+    p_train = sub.add_parser("train", help="train a draft (eagle2, medusa, vispec) on gen-data output")
+    p_train.add_argument("--method", required=True)
+    p_train.add_argument("--model", required=True, help="the target the draft is trained for")
+    p_train.add_argument("--data", required=True, help="a gen-data output directory")
+    p_train.add_argument("--out", required=True, help="checkpoint directory (draft.safetensors + draft_config.json)")
+    p_train.add_argument("--steps", type=int, default=300)
+    p_train.add_argument("--lr", type=float, default=1e-3)
+    p_train.add_argument("--warmup-steps", type=int, default=20)
+    p_train.add_argument("--grad-clip", type=float, default=0.5)
+    p_train.add_argument("--eval-fraction", type=float, default=0.1)
+    p_train.add_argument("--eval-every", type=int, default=50)
+    p_train.add_argument("--save-every", type=int, default=100)
+    p_train.add_argument("--seed", type=int, default=0)
+    p_train.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="float32",
+                         help="the target's dtype; the draft always trains in float32")
+    p_train.add_argument("--device", default="auto")
+    p_train.add_argument("--init", default=None, help="start from this checkpoint (e.g. an EAGLE-2 draft)")
+    p_train.add_argument("--method-args", nargs="*", default=[], metavar="METHOD.KEY=VALUE")
+    p_train.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
+    p_train.add_argument("--no-progress", action="store_true")
+    p_train.set_defaults(func=cmd_train)
     return parser
 
 

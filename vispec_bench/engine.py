@@ -59,7 +59,9 @@ def decode(adapter: TargetAdapter, prompt: PreparedPrompt, proposer: Proposer | 
         result.stop_reason = "eos" if emitted[0] in eos else "max_new_tokens"
         result.prefill_s = t_first - t_start
         return result
+    rule = accept
     if proposer is not None:
+        rule = proposer.acceptance_rule or accept
         proposer.start(adapter, prompt, prefill, emitted[0])
 
     while True:
@@ -76,7 +78,7 @@ def decode(adapter: TargetAdapter, prompt: PreparedPrompt, proposer: Proposer | 
             depths = torch.tensor(tree.depths, device=device)
             mask = tree.ancestor_mask().to(device)
             logits, hidden = adapter.forward(verify_ids, depths, mask)
-        path, closing = accept(logits, tree, sampling, generator)
+        path, closing = rule(logits, tree, sampling, generator)
         adapter.commit(path, num_appended=verify_ids.shape[0])
 
         path_tokens = verify_ids[path].tolist()

@@ -30,6 +30,9 @@ class Method:
     def __init__(self, options=None):
         self.options = options if options is not None else self.Options()
 
+    def prepare(self, adapter: TargetAdapter) -> None:
+        """Called once per run after the target is loaded: build or load the draft network."""
+
     def is_lossless(self) -> bool:
         return self.lossless
 

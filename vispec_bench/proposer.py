@@ -21,7 +21,12 @@ class RoundResult:
 
 
 class Proposer:
-    """Base class. One instance decodes one sample; the method builds a fresh one per sample."""
+    """Base class. One instance decodes one sample; the method builds a fresh one per sample.
+
+    `acceptance_rule` is a rule from vispec_bench.acceptance; None means the lossless rule.
+    """
+
+    acceptance_rule = None
 
     def start(self, adapter: TargetAdapter, prompt: PreparedPrompt, prefill: PrefillOutput, first_token: int) -> None:
         """Called once after the target's prefill, inside the decode timing."""

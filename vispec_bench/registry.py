@@ -111,6 +111,9 @@ MODELS = Registry("model")
 METHODS.register("ar", "methods.ar:AR", "plain autoregressive decoding: the baseline every method is timed against")
 METHODS.register("oracle", "methods.oracle:Oracle",
                  "diagnostic: proposes AR's own continuation, the engine's ceiling for a tree depth")
+METHODS.register("eagle2", "methods.eagle2:Eagle2",
+                 "EAGLE-2: one-layer feature draft + dynamic tree (depth 3, top_k 8, 30 nodes by default)")
+METHODS.register("medusa", "methods.medusa:Medusa", "Medusa: K ResBlock heads on the last hidden state, fixed tree")
 SUITES.register("easyvqa", "suites.easyvqa:EasyVQA", "easy-VQA test split (real 64x64 shapes, 13 answers)",
                 aliases=("easy-vqa",))
 MODELS.register("tiny-llava", "vispec_bench.tiny_models:build_tiny_llava",

@@ -94,6 +94,8 @@ class Runner:
 
         loaded = load_model(self.config.model, self.dtype, self.device, seed=self.config.seed)
         adapter = make_adapter(loaded.model, loaded.processor)
+        for method in self.methods:
+            method.prepare(adapter)
         records = self.store.records()
         done = {(r["sample_id"], r["method"], r.get("repeat", 0)) for r in records}
         ar_ids = {r["sample_id"]: r["new_ids"] for r in records if r["method"] == "ar"}

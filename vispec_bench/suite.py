@@ -24,7 +24,7 @@ class Sample:
 class Suite:
     name = ""
 
-    def __init__(self, prompt_mode: PromptMode = "long"):
+    def __init__(self, prompt_mode: PromptMode = "long", split: str | None = None):
         if prompt_mode not in ("short", "long"):
             raise ValueError(f"prompt mode must be 'short' or 'long', got {prompt_mode!r}")
         self.prompt_mode = prompt_mode

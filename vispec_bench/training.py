@@ -1,0 +1,233 @@
+"""`train`: the draft training loop shared by every draft method.
+
+Each step takes one generated conversation, runs the frozen target over prompt + answer once
+(teacher forcing) to get its hidden states and input embeddings, and asks the method's
+trainer for a loss. The method owns the recipe (EAGLE: feature regression + soft CE with
+feature noise; Medusa: CE per head; ViSpec: EAGLE's plus its vision parts); this loop owns
+the optimiser (AdamW, betas 0.9/0.95), linear warm-up then cosine decay, gradient clipping,
+held-out top-1 accuracy per draft depth / head, periodic checkpoints and `--resume`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .adapter import make_adapter
+from .checkpoints import load_draft, save_draft
+from .datagen import load_training_rows
+from .method import build_method, parse_method_args
+from .models import load_model, resolve_device, resolve_dtype
+from .registry import METHODS
+
+STATE = "trainer_state.pt"
+LOG = "train_log.jsonl"
+
+
+@dataclass
+class TeacherFeatures:
+    """The target's view of one prompt + answer, all on the draft's device in float32."""
+
+    input_ids: torch.Tensor  # [T]
+    input_embeds: torch.Tensor  # [T, H] decoder input embeddings (image embeddings at image positions)
+    hidden: torch.Tensor  # [T, H] last hidden states after the final norm
+    loss_mask: torch.Tensor  # [T] bool: True at answer positions (what the draft is asked to predict)
+    prompt_length: int
+    image_spans: list[tuple[int, int]] = field(default_factory=list)
+
+
+@torch.no_grad()
+def teacher_features(adapter, messages: list[dict], images: list, answer_ids: list[int]) -> TeacherFeatures:
+    """Prefill the prompt, then run the answer through the decoder exactly as decoding does
+    (token embeddings, positions continuing after the prompt, Qwen2.5-VL's rope offset)."""
+    prompt = adapter.build_prompt(messages, images)
+    prefill = adapter.prefill(prompt)
+    answer = torch.tensor(list(answer_ids), dtype=torch.long, device=adapter.device)
+    _, answer_hidden = adapter.forward(answer, logits=False)
+    ids = torch.cat([prompt.input_ids, answer])
+    embeds = torch.cat([prefill.input_embeds, adapter.embed_tokens(answer)])
+    hidden = torch.cat([prefill.hidden, answer_hidden])
+    mask = torch.arange(ids.shape[0], device=adapter.device) >= prompt.input_ids.shape[0]
+    return TeacherFeatures(ids, embeds.float(), hidden.float(), mask, prompt.input_ids.shape[0], prompt.image_spans)
+
+
+@dataclass
+class TrainConfig:
+    method: str
+    model: str
+    data: str
+    out: str
+    steps: int = 300
+    lr: float = 1e-3
+    warmup_steps: int = 20
+    grad_clip: float = 0.5
+    weight_decay: float = 0.0
+    eval_fraction: float = 0.1
+    eval_every: int = 50
+    save_every: int = 100
+    seed: int = 0
+    dtype: str = "auto"
+    device: str = "auto"
+    init: str | None = None  # a checkpoint to start from (e.g. an EAGLE-2 draft for ViSpec stage 2)
+    method_args: list[str] = field(default_factory=list)
+    resume: bool = False
+    feature_cache_mb: int = 2048  # keep teacher features of this many MB in memory across epochs
+
+
+def frozen_float_lm_head(adapter) -> nn.Linear:
+    """A float32 copy of the target's lm_head: the draft trains in float32 whatever the target dtype."""
+    weight = adapter.lm_head.weight.detach().float()
+    head = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device=weight.device)
+    head.weight.data.copy_(weight)
+    head.requires_grad_(False)
+    return head
+
+
+def split_rows(sample_ids: list[str], eval_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    order = list(range(len(sample_ids)))
+    random.Random(seed).shuffle(order)
+    num_eval = max(1, round(len(order) * eval_fraction)) if len(order) > 1 else 0
+    return sorted(order[num_eval:]), sorted(order[:num_eval])
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))  # cosine down to 10 %
+
+
+class FeatureSource:
+    def __init__(self, adapter, dataset, budget_mb: int):
+        self.adapter, self.dataset = adapter, dataset
+        self.cache: dict[int, TeacherFeatures] = {}
+        self.budget_bytes, self.used_bytes = budget_mb * 2 ** 20, 0
+
+    def __getitem__(self, index: int) -> TeacherFeatures:
+        if index in self.cache:
+            return self.cache[index]
+        row = self.dataset[index]
+        features = teacher_features(self.adapter, json.loads(row["messages"]),
+                                    [image.convert("RGB") for image in row["images"]], row["answer_ids"])
+        size = features.hidden.numel() * 4 * 2
+        if self.used_bytes + size <= self.budget_bytes:
+            self.cache[index] = features
+            self.used_bytes += size
+        return features
+
+
+def evaluate(trainer, source: FeatureSource, indices: list[int]) -> dict[str, float]:
+    totals: dict[str, list[int]] = {}
+    for index in indices:
+        for key, (correct, count) in trainer.accuracy(source[index]).items():
+            pair = totals.setdefault(key, [0, 0])
+            pair[0] += correct
+            pair[1] += count
+    return {f"acc_{key}": correct / count for key, (correct, count) in sorted(totals.items()) if count}
+
+
+def train(config: TrainConfig, progress: bool = True, log=print) -> Path:
+    from tqdm.auto import tqdm
+
+    out = Path(config.out)
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    torch.manual_seed(config.seed)
+    raw_args = parse_method_args(config.method_args, [config.method]).get(config.method, {})
+    method = build_method(METHODS.load(config.method), config.method, raw_args)
+    if not hasattr(method, "make_trainer"):
+        raise ValueError(f"method {config.method!r} has no draft to train")
+    loaded = load_model(config.model, dtype, device, seed=config.seed)
+    adapter = make_adapter(loaded.model, loaded.processor)
+    for param in loaded.model.parameters():
+        param.requires_grad_(False)
+    draft = method.build_draft(adapter).to(device=device, dtype=torch.float32)
+    if config.init:
+        method.load_checkpoint(draft, load_draft(config.init), source=config.init)
+    trainer = method.make_trainer(draft, frozen_float_lm_head(adapter))
+
+    dataset = load_training_rows(config.data)
+    if len(dataset) == 0:
+        raise ValueError(f"{config.data} holds no training rows")
+    train_rows, eval_rows = split_rows(list(dataset["sample_id"]), config.eval_fraction, config.seed)
+    source = FeatureSource(adapter, dataset, config.feature_cache_mb)
+    optimizer = torch.optim.AdamW([p for p in draft.parameters() if p.requires_grad], lr=config.lr,
+                                  betas=(0.9, 0.95), weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, config.warmup_steps, config.steps))
+    start_step = 0
+    state_path = out / STATE
+    if config.resume:
+        if not state_path.exists():
+            raise FileNotFoundError(f"--resume: {state_path} does not exist; nothing to resume")
+        state = torch.load(state_path, map_location=device, weights_only=False)
+        draft.load_state_dict(load_draft(out).state_dict)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_step = state["step"]
+        torch.set_rng_state(state["torch_rng"])
+        log(f"resuming training at step {start_step} of {config.steps}")
+    elif (out / "draft.safetensors").exists():
+        raise FileExistsError(f"{out} already holds a checkpoint; pass --resume to continue it or use a new --out")
+    out.mkdir(parents=True, exist_ok=True)
+
+    def checkpoint(step: int, accuracy: dict) -> None:
+        info = method.checkpoint_config(adapter)
+        info["training"] = {"step": step, "steps": config.steps, "data": str(config.data), "seed": config.seed,
+                            "lr": config.lr, "init": config.init, "eval_accuracy": accuracy,
+                            "num_train_rows": len(train_rows), "num_eval_rows": len(eval_rows)}
+        save_draft(out, draft.state_dict(), info)
+        torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "torch_rng": torch.get_rng_state()}, state_path)
+
+    def write_log(entry: dict) -> None:
+        with open(out / LOG, "a") as handle:
+            handle.write(json.dumps(entry) + "\n")
+
+    draft.train()
+    accuracy = {}
+    if start_step == 0:
+        draft.eval()
+        accuracy = evaluate(trainer, source, eval_rows)
+        draft.train()
+        write_log({"step": 0, **accuracy})
+    bar = tqdm(range(start_step, config.steps), desc=f"train {config.method}", disable=not progress,
+               initial=start_step, total=config.steps)
+    started = time.time()
+    for step in bar:
+        epoch, position = divmod(step, len(train_rows))
+        order = list(train_rows)
+        random.Random(config.seed * 7919 + epoch).shuffle(order)
+        features = source[order[position]]
+        loss, logs = trainer.loss(features)
+        if not torch.is_tensor(loss):
+            continue  # a row with no answer tokens
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(draft.parameters(), config.grad_clip))
+        optimizer.step()
+        scheduler.step()
+        bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+        done = step + 1
+        entry = None
+        if done % config.eval_every == 0 or done == config.steps:
+            draft.eval()
+            accuracy = evaluate(trainer, source, eval_rows)
+            draft.train()
+            entry = {"step": done, "loss": float(loss.detach()), "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0],
+                     "elapsed_s": round(time.time() - started, 1), **logs, **accuracy}
+            write_log(entry)
+            log(f"step {done}: loss {float(loss.detach()):.4f} " + " ".join(f"{k} {v:.3f}" for k, v in accuracy.items()))
+        if done % config.save_every == 0 or done == config.steps:
+            checkpoint(done, accuracy)
+    bar.close()
+    if start_step >= config.steps:
+        log("already trained for the requested steps")
+    return out
