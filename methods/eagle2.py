@@ -133,7 +133,8 @@ class Eagle2Proposer(Proposer):
         return prefill.hidden, torch.cat([prefill.input_embeds[1:], first]), torch.arange(
             prefill.hidden.shape[0], device=self.device)
 
-    def transform_features(self, features: torch.Tensor) -> torch.Tensor:
+    def transform_features(self, features: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Hook on the draft's input features [n, H] at draft positions [n] (ViSpec fuses its global feature)."""
         return features
 
     # --- the proposer ---------------------------------------------------------------------
@@ -149,7 +150,7 @@ class Eagle2Proposer(Proposer):
         self.pending = (result.path_hidden, self.embed(tokens), positions)
 
     def _run(self, features, token_embeds, positions, visible):
-        out = self.draft(self.transform_features(features)[None], token_embeds[None], positions[None],
+        out = self.draft(self.transform_features(features, positions)[None], token_embeds[None], positions[None],
                          additive_mask(visible, self.dtype), self.cache)
         return out[0]  # [n, H]
 
@@ -222,6 +223,7 @@ class Eagle2(Method):
     draft_class = EagleDraft
     proposer_class = Eagle2Proposer
     ignored_checkpoint_keys: tuple[str, ...] = ("embed_tokens.",)  # published drafts may carry a copy
+    compatible_checkpoints: tuple[str, ...] = ()  # other methods whose drafts this one can load
 
     def build_draft(self, adapter) -> nn.Module:
         return self.draft_class(adapter.text_config)
@@ -239,7 +241,7 @@ class Eagle2(Method):
             draft = self.build_draft(adapter)
         if opts.draft != "random":
             checkpoint = load_draft(opts.draft)
-            check_target(checkpoint, adapter, self.name)
+            check_target(checkpoint, adapter, self.name, self.compatible_checkpoints)
             self.load_checkpoint(draft, checkpoint, source=opts.draft)
         self.draft = draft.to(device=adapter.device, dtype=adapter.dtype).eval()
 
@@ -271,8 +273,11 @@ class EagleTrainer:
         positions = torch.arange(n, device=features.hidden.device)
         return features.hidden[:-1], features.input_embeds[1:], positions, positions + 1
 
-    def transform_features(self, hidden: torch.Tensor) -> torch.Tensor:
+    def transform_features(self, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return hidden
+
+    def noise_width(self, features) -> float:
+        return self.options.noise
 
     def passes(self, features, num_passes: int, noise: float = 0.0):
         """Pass 1 reads target features; pass k > 1 reads the draft's own outputs of pass k - 1.
@@ -287,7 +292,7 @@ class EagleTrainer:
                 return
             n = inputs.shape[0]
             mask = additive_mask(causal_visible(n, 0, inputs.device), inputs.dtype)
-            out = self.draft(self.transform_features(inputs)[None], embeds[None], positions[None], mask)[0]
+            out = self.draft(self.transform_features(inputs, positions)[None], embeds[None], positions[None], mask)[0]
             yield out, targets
             # The next pass: the prediction of h_{t} stands in for h_t, paired with e_{t+1}.
             keep = targets + 1 < features.hidden.shape[0]
@@ -298,7 +303,7 @@ class EagleTrainer:
     def loss(self, features) -> tuple[torch.Tensor, dict]:
         total, logs = 0.0, {}
         for step, (predicted, targets) in enumerate(self.passes(features, 1 + self.options.mtp_steps,
-                                                                self.options.noise)):
+                                                                self.noise_width(features))):
             weight = features.loss_mask[targets].float()
             if weight.sum() == 0:
                 continue

@@ -130,6 +130,7 @@ class MedusaProposer(Proposer):
 class Medusa(Method):
     name = "medusa"
     Options = MedusaOptions
+    compatible_checkpoints: tuple[str, ...] = ()
 
     def is_lossless(self) -> bool:
         return not self.options.typical

@@ -1,7 +1,18 @@
 import functools
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
+
+from vispec_bench.acceptance import SamplingConfig
+from vispec_bench.datagen import GenDataConfig, generate_data
+from vispec_bench.engine import decode
+from vispec_bench.method import build_method
+from vispec_bench.training import TrainConfig, train
+
+GREEDY = SamplingConfig()
+_WORK = Path(tempfile.mkdtemp(prefix="vispec-drafts-"))
 
 TINY_MODELS = ["tiny-llava", "tiny-llava-next", "tiny-qwen25vl"]
 
@@ -35,3 +46,42 @@ def easyvqa_samples(prompt_mode="long", limit=3, seed=0):
 def two_image_messages(question="which of the two shapes is red?"):
     return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "and"}, {"type": "image"},
                                          {"type": "text", "text": question}]}]
+
+
+
+
+@functools.lru_cache(maxsize=None)
+def trained_draft(model: str, method: str) -> Path:
+    """A draft trained briefly (200 steps) on target-generated easy-VQA answers; ViSpec's
+    stage 2 starts from the EAGLE-2 draft (stage 1)."""
+    data = _WORK / f"data-{model}"
+    if not (data / "dataset").exists():
+        generate_data(GenDataConfig(model=model, limit=24, max_new_tokens=40, dtype="float32", device="cpu"), data,
+                      progress=False)
+    out = _WORK / f"{method}-{model}"
+    init = str(trained_draft(model, "eagle2")) if method == "vispec" else None
+    train(TrainConfig(method=method, model=model, data=str(data), out=str(out), steps=200, lr=3e-3, eval_every=100,
+                      save_every=200, dtype="float32", device="cpu", eval_fraction=0.2, init=init), progress=False,
+          log=lambda m: None)
+    return out
+
+
+def prepared(method: str, adapter, **options):
+    from vispec_bench.registry import METHODS
+
+    built = build_method(METHODS.load(method), method, {k: str(v) for k, v in options.items()})
+    built.prepare(adapter)
+    return built
+
+
+def mean_tau(results):
+    return sum(sum(r.accepted_lengths) for r in results) / sum(len(r.accepted_lengths) for r in results)
+
+
+def decode_all(adapter, method, samples, max_new_tokens=40, sampling=GREEDY):
+    results = []
+    for sample in samples:
+        prompt = adapter.build_prompt(sample.messages, sample.images)
+        results.append(decode(adapter, prompt, method.make_proposer(adapter, None) if method else None,
+                              max_new_tokens, sampling))
+    return results

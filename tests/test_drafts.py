@@ -1,74 +1,31 @@
 """EAGLE-2 and Medusa: lossless on every tiny VLM, trainable, and their checkpoints load safely."""
 
-import functools
 import json
 import math
 import shutil
-import tempfile
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
 
 import vispec_bench.engine as engine_module
-from conftest import TINY_MODELS, easyvqa_samples, tiny_by_name, two_image_messages
-from methods.eagle2 import Eagle2, additive_mask, causal_visible
-from methods.medusa import Medusa, default_tree
+from conftest import (_WORK, GREEDY, TINY_MODELS, decode_all, easyvqa_samples, mean_tau, prepared, tiny_by_name,
+                      trained_draft, two_image_messages)
+from methods.eagle2 import additive_mask, causal_visible
+from methods.medusa import default_tree
 from vispec_bench.acceptance import SamplingConfig, accept, target_probs
 from vispec_bench.checkpoints import DraftCheckpointError
 from vispec_bench.cli import main
-from vispec_bench.datagen import GenDataConfig, generate_data
 from vispec_bench.engine import decode
-from vispec_bench.method import build_method
 from vispec_bench.training import TrainConfig, train
-
-GREEDY = SamplingConfig()
-DRAFT_METHODS = {"eagle2": Eagle2, "medusa": Medusa}
-_WORK = Path(tempfile.mkdtemp(prefix="vispec-drafts-"))
-
-
-@functools.lru_cache(maxsize=None)
-def trained_draft(model: str, method: str) -> Path:
-    """A draft trained briefly (200 steps) on target-generated easy-VQA answers."""
-    data = _WORK / f"data-{model}"
-    if not (data / "dataset").exists():
-        generate_data(GenDataConfig(model=model, limit=24, max_new_tokens=40, dtype="float32", device="cpu"), data,
-                      progress=False)
-    out = _WORK / f"{method}-{model}"
-    train(TrainConfig(method=method, model=model, data=str(data), out=str(out), steps=200, lr=3e-3, eval_every=100,
-                      save_every=200, dtype="float32", device="cpu", eval_fraction=0.2), progress=False,
-          log=lambda m: None)
-    return out
-
-
-def prepared(method: str, adapter, **options):
-    built = build_method(DRAFT_METHODS[method], method, {k: str(v) for k, v in options.items()})
-    built.prepare(adapter)
-    return built
-
-
-def mean_tau(results):
-    return sum(sum(r.accepted_lengths) for r in results) / sum(len(r.accepted_lengths) for r in results)
-
-
-def _decode_all(adapter, method, samples, max_new_tokens=40, sampling=GREEDY):
-    results = []
-    for sample in samples:
-        prompt = adapter.build_prompt(sample.messages, sample.images)
-        results.append(decode(adapter, prompt, method.make_proposer(adapter, None) if method else None,
-                              max_new_tokens, sampling))
-    return results
-
-
 @pytest.mark.parametrize("model", TINY_MODELS)
 @pytest.mark.parametrize("method", ["eagle2", "medusa"])
 def test_random_and_trained_drafts_reproduce_ar_in_float32(model, method):
     _, adapter = tiny_by_name(model)
     samples = easyvqa_samples(limit=3)
-    ar = _decode_all(adapter, None, samples)
-    random_draft = _decode_all(adapter, prepared(method, adapter, draft="random"), samples)
-    trained = _decode_all(adapter, prepared(method, adapter, draft=trained_draft(model, method)), samples)
+    ar = decode_all(adapter, None, samples)
+    random_draft = decode_all(adapter, prepared(method, adapter, draft="random"), samples)
+    trained = decode_all(adapter, prepared(method, adapter, draft=trained_draft(model, method)), samples)
     assert [r.new_ids for r in random_draft] == [r.new_ids for r in ar]
     assert [r.new_ids for r in trained] == [r.new_ids for r in ar]
     # Training raises tau above the random draft's, and the logged held-out accuracy rises.
@@ -245,7 +202,7 @@ def broken_bonus_accept(logits, tree, config, generator):
     return path, int(torch.multinomial(raw, 1, generator=generator))
 
 
-@pytest.mark.parametrize("method_name", ["eagle2", "medusa"])
+@pytest.mark.parametrize("method_name", ["eagle2", "medusa", "vispec"])
 def test_sampling_matches_the_target_distribution_and_catches_a_broken_bonus_token(method_name, monkeypatch):
     _, adapter = tiny_by_name("tiny-llava")
     sample = easyvqa_samples()[0]
@@ -299,8 +256,8 @@ def test_published_eagle_layout_loads_and_drafts_identically(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "hidden_size": 64}))
     published = prepared("eagle2", adapter, draft=tmp_path)
     samples = easyvqa_samples(limit=3)
-    a = _decode_all(adapter, ours, samples)
-    b = _decode_all(adapter, published, samples)
+    a = decode_all(adapter, ours, samples)
+    b = decode_all(adapter, published, samples)
     assert [r.accepted_lengths for r in a] == [r.accepted_lengths for r in b]
 
 

@@ -73,10 +73,10 @@ def _published_config(path: Path) -> dict:
     return {"published_config": json.loads(config_path.read_text())} if config_path.exists() else {}
 
 
-def check_target(checkpoint: DraftCheckpoint, adapter, method: str) -> None:
-    """A draft trained for another target must not load silently."""
+def check_target(checkpoint: DraftCheckpoint, adapter, method: str, compatible: tuple[str, ...] = ()) -> None:
+    """A draft trained for another target, or for a method whose draft differs, must not load silently."""
     saved_method = checkpoint.config.get("method")
-    if saved_method is not None and saved_method != method:
+    if saved_method is not None and saved_method not in (method, *compatible):
         raise DraftCheckpointError(f"this checkpoint is a {saved_method!r} draft, not a {method!r} draft")
     target = checkpoint.config.get("target")
     if not target:

@@ -110,7 +110,9 @@ def cmd_train(args) -> int:
                          lr=args.lr, warmup_steps=args.warmup_steps, grad_clip=args.grad_clip,
                          eval_fraction=args.eval_fraction, eval_every=args.eval_every, save_every=args.save_every,
                          seed=args.seed, dtype=args.dtype, device=args.device, init=args.init,
-                         method_args=args.method_args, resume=args.resume)
+                         method_args=args.method_args + ([f"{args.method}.mtp_steps={args.mtp_steps}"]
+                                                         if args.mtp_steps is not None else []),
+                         resume=args.resume)
     path = train(config, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
     print(f"draft checkpoint: {path}")
     return 0
@@ -163,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_train.add_argument("--device", default="auto")
     p_train.add_argument("--init", default=None, help="start from this checkpoint (e.g. an EAGLE-2 draft)")
     p_train.add_argument("--method-args", nargs="*", default=[], metavar="METHOD.KEY=VALUE")
+    p_train.add_argument("--mtp-steps", type=int, default=None,
+                         help="extra passes feeding the draft its own predicted features (eagle2, vispec)")
     p_train.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
     p_train.add_argument("--no-progress", action="store_true")
     p_train.set_defaults(func=cmd_train)

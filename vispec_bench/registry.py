@@ -113,6 +113,12 @@ METHODS.register("oracle", "methods.oracle:Oracle",
                  "diagnostic: proposes AR's own continuation, the engine's ceiling for a tree depth")
 METHODS.register("eagle2", "methods.eagle2:Eagle2",
                  "EAGLE-2: one-layer feature draft + dynamic tree (depth 3, top_k 8, 30 nodes by default)")
+METHODS.register("vispec", "methods.vispec:ViSpec",
+                 "ViSpec: EAGLE-2 draft + vision adaptor (compressed image tokens) + global visual feature")
+METHODS.register("vispec-noadaptor", "methods.vispec:ViSpecNoAdaptor",
+                 "ViSpec ablation: image tokens enter the draft as in EAGLE-2, global feature on")
+METHODS.register("vispec-noglobal", "methods.vispec:ViSpecNoGlobal",
+                 "ViSpec ablation: adaptor splice on, no global feature")
 METHODS.register("medusa", "methods.medusa:Medusa", "Medusa: K ResBlock heads on the last hidden state, fixed tree")
 SUITES.register("easyvqa", "suites.easyvqa:EasyVQA", "easy-VQA test split (real 64x64 shapes, 13 answers)",
                 aliases=("easy-vqa",))

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .adapter import make_adapter
-from .checkpoints import load_draft, save_draft
+from .checkpoints import check_target, load_draft, save_draft
 from .datagen import load_training_rows
 from .method import build_method, parse_method_args
 from .models import load_model, resolve_device, resolve_dtype
@@ -150,7 +150,9 @@ def train(config: TrainConfig, progress: bool = True, log=print) -> Path:
         param.requires_grad_(False)
     draft = method.build_draft(adapter).to(device=device, dtype=torch.float32)
     if config.init:
-        method.load_checkpoint(draft, load_draft(config.init), source=config.init)
+        initial = load_draft(config.init)
+        check_target(initial, adapter, method.name, method.compatible_checkpoints)
+        method.load_checkpoint(draft, initial, source=config.init)
     trainer = method.make_trainer(draft, frozen_float_lm_head(adapter))
 
     dataset = load_training_rows(config.data)
