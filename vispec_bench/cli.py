@@ -29,6 +29,10 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="method options, e.g. oracle.depth=6")
     parser.add_argument("--no-warmup", action="store_false", dest="warmup",
                         help="skip the untimed warm-up decode of each method")
+    parser.add_argument("--repeats", type=int, default=defaults["repeats"],
+                        help="timed passes over all samples; the speedup's spread across them is reported")
+    parser.add_argument("--no-profile", action="store_false", dest="profile_rounds",
+                        help="skip the untimed profiling pass that splits rounds into draft/verify/accept time")
     parser.add_argument("--out", default="runs", help="directory that receives runs/<run_id>/")
     parser.add_argument("--run-id", default=None)
     parser.add_argument("--resume", default=None, metavar="RUN_DIR",
@@ -82,7 +86,8 @@ def cmd_run(args) -> int:
     config = RunConfig(model=args.model, methods=args.methods.split(","), suite=args.suite,
                        prompt_mode=args.prompt_mode, limit=args.limit, max_new_tokens=args.max_new_tokens,
                        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
-                       dtype=args.dtype, device=args.device, method_args=args.method_args, warmup=args.warmup)
+                       dtype=args.dtype, device=args.device, method_args=args.method_args, warmup=args.warmup,
+                       repeats=args.repeats, profile_rounds=args.profile_rounds)
     runner = Runner(config, out_dir=args.out, run_id=args.run_id, resume=args.resume,
                     progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
     run_dir = runner.run()
@@ -118,6 +123,25 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from pathlib import Path
+
+    from .report import find_runs, write_report
+
+    run_dirs = find_runs(args.runs, args.runs_root)
+    out = Path(args.out or f"reports/report-{__import__('time').strftime('%Y%m%d-%H%M%S')}")
+    write_report(run_dirs, out)
+    print(f"report of {len(run_dirs)} run(s): {out}/index.html, {out}/index.md, {out}/summary.csv")
+    return 0
+
+
+def cmd_check(args) -> int:
+    from .check import run_check
+
+    return run_check(args.target, args.baseline, args.max_speedup_drop, args.max_tau_drop,
+                     write=args.write_baseline, strict=args.strict)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m vispec_bench",
                                      description="Benchmark speculative decoding for vision-language models.")
@@ -130,6 +154,22 @@ def build_parser() -> argparse.ArgumentParser:
     p_run = sub.add_parser("run", help="benchmark methods against AR on a suite")
     _add_run_arguments(p_run)
     p_run.set_defaults(func=cmd_run)
+
+    p_report = sub.add_parser("report", help="turn runs into index.md, index.html, summary.csv and plots")
+    p_report.add_argument("runs", nargs="*", help="run directories or folders of runs (default: the latest run "
+                                                   "of each model/suite/dtype/device under --runs-root)")
+    p_report.add_argument("--runs-root", default="runs")
+    p_report.add_argument("--out", default=None, help="report directory (default reports/report-<time>)")
+    p_report.set_defaults(func=cmd_report)
+
+    p_check = sub.add_parser("check", help="compare a run or report with a baseline; exit 1 on a regression")
+    p_check.add_argument("target", metavar="RUN_OR_REPORT")
+    p_check.add_argument("--baseline", default="reports/baseline.json")
+    p_check.add_argument("--max-speedup-drop", type=float, default=0.10, help="relative, e.g. 0.10 = 10 %%")
+    p_check.add_argument("--max-tau-drop", type=float, default=0.02, help="relative, e.g. 0.02 = 2 %%")
+    p_check.add_argument("--write-baseline", action="store_true", help="create or update the baseline from the run")
+    p_check.add_argument("--strict", action="store_true", help="also fail when entries are not comparable")
+    p_check.set_defaults(func=cmd_check)
 
     p_gen = sub.add_parser("gen-data", help="let the target answer suite prompts: training data for drafts")
     p_gen.add_argument("--model", required=True)

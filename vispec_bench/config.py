@@ -21,3 +21,5 @@ class RunConfig:
     device: str = "auto"
     method_args: list[str] = field(default_factory=list)
     warmup: bool = True
+    repeats: int = 1  # timed passes over all samples, so a speedup comes with its spread
+    profile_rounds: bool = True  # an extra untimed pass per sample that splits rounds into phases

@@ -40,7 +40,10 @@ class DecodeResult:
 
 @torch.no_grad()
 def decode(adapter: TargetAdapter, prompt: PreparedPrompt, proposer: Proposer | None, max_new_tokens: int,
-           sampling: SamplingConfig, seed: int = 0) -> DecodeResult:
+           sampling: SamplingConfig, seed: int = 0, phase_timer=None) -> DecodeResult:
+    """Decode one prompt. `phase_timer` (an instruments.PhaseTimer) splits each round into
+    draft / verify / accept_commit time; it synchronises at every phase, so it is for a
+    separate profiling pass, never for the timed run."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     device = adapter.device
@@ -65,10 +68,14 @@ def decode(adapter: TargetAdapter, prompt: PreparedPrompt, proposer: Proposer | 
         proposer.start(adapter, prompt, prefill, emitted[0])
 
     while True:
+        if phase_timer is not None:
+            phase_timer.start_round()
         budget = max_new_tokens - len(emitted)
         tree = proposer.propose(emitted, budget) if proposer is not None else None
         if tree is not None and tree.max_depth >= budget:
             tree = tree.truncated(budget - 1)  # a round can emit at most `budget` tokens
+        if phase_timer is not None:
+            phase_timer.mark("draft")
         if tree is None or tree.num_nodes == 1:
             verify_ids = torch.tensor([emitted[-1]], device=device)
             logits, hidden = adapter.forward(verify_ids)
@@ -78,6 +85,8 @@ def decode(adapter: TargetAdapter, prompt: PreparedPrompt, proposer: Proposer | 
             depths = torch.tensor(tree.depths, device=device)
             mask = tree.ancestor_mask().to(device)
             logits, hidden = adapter.forward(verify_ids, depths, mask)
+        if phase_timer is not None:
+            phase_timer.mark("verify")
         path, closing = rule(logits, tree, sampling, generator)
         adapter.commit(path, num_appended=verify_ids.shape[0])
 
@@ -92,10 +101,14 @@ def decode(adapter: TargetAdapter, prompt: PreparedPrompt, proposer: Proposer | 
         # or the cap cut the path; so sum(accepted_lengths) + 1 == len(new_ids) always holds.
         result.accepted_lengths.append(len(emitted) - num_before)
         result.draft_depths.append(0 if tree is None else tree.max_depth)
+        if phase_timer is not None:
+            phase_timer.mark("accept_commit")
         if result.stop_reason:
             break
         if proposer is not None:
             proposer.absorb(RoundResult(path, path_tokens, hidden[path], closing))
+            if phase_timer is not None:
+                phase_timer.mark("draft")
 
     synchronize(device)
     t_end = time.perf_counter()

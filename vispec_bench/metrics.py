@@ -7,16 +7,53 @@
   (after the first token) and end-to-end (vision + prefill + decode); plus the geometric mean
   of per-sample decode ratios.
 - exact match: the method's ids equal AR's ids for the sample.
+- acceptance rate at draft depth d: among rounds whose tree reached depth d, the fraction
+  that accepted at least d draft tokens.
+- spread: with --repeats R, the aggregated decode speedup of each repeat separately; its
+  standard deviation is what the regression check compares a drop against.
 """
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+import statistics
+from collections import Counter, defaultdict
 
 
 def _key(record: dict) -> tuple:
     return record["sample_id"], record.get("repeat", 0)
+
+
+def acceptance_by_depth(records: list[dict]) -> dict[str, float]:
+    reached, accepted = Counter(), Counter()
+    for record in records:
+        for emitted, depth in zip(record["accepted_lengths"], record.get("draft_depths", [])):
+            for d in range(1, depth + 1):
+                reached[d] += 1
+                accepted[d] += emitted - 1 >= d
+    return {str(d): accepted[d] / reached[d] for d in sorted(reached)}
+
+
+def round_breakdown(records: list[dict]) -> dict | None:
+    profiled = [r["round_breakdown"] for r in records if r.get("round_breakdown")]
+    if not profiled:
+        return None
+    rounds = sum(p["num_rounds"] for p in profiled)
+    return {f"{phase}_ms_per_round": 1000 * sum(p[f"{phase}_s"] for p in profiled) / max(rounds, 1)
+            for phase in ("draft", "verify", "accept_commit")} | {"profiled_rounds": rounds}
+
+
+def energy_per_token(records: list[dict]) -> float | None:
+    measured = [r["energy"] for r in records if (r.get("energy") or {}).get("joules") is not None]
+    if not measured or len(measured) < len(records):
+        return None
+    return sum(e["joules"] for e in measured) / sum(r["num_new_tokens"] for r in records)
+
+
+def _speedup(pairs: list[tuple[dict, dict]], field: str) -> float:
+    ar = sum(a[field] for a, _ in pairs)
+    method = sum(r[field] for _, r in pairs)
+    return ar / method if method > 0 else float("nan")
 
 
 def summarize_method(records: list[dict], ar_by_key: dict[tuple, dict]) -> dict:
@@ -28,14 +65,19 @@ def summarize_method(records: list[dict], ar_by_key: dict[tuple, dict]) -> dict:
     method_decode = sum(r["decode_s"] for _, r in paired)
     ar_e2e = sum(a["prefill_s"] + a["decode_s"] for a, _ in paired)
     method_e2e = sum(r["prefill_s"] + r["decode_s"] for _, r in paired)
+    by_repeat = defaultdict(list)
+    for pair in paired:
+        by_repeat[pair[1].get("repeat", 0)].append(pair)
+    per_repeat = [_speedup(p, "decode_s") for _, p in sorted(by_repeat.items())]
     ratios = [a["decode_s"] / r["decode_s"] for a, r in paired if r["decode_s"] > 0 and a["decode_s"] > 0]
-    new_tokens = sum(r["num_new_tokens"] for r in records)
+    new_tokens = sum(r["num_new_tokens"] for r in records if r.get("repeat", 0) == 0)  # one pass over the samples
     total_time = sum(r["prefill_s"] + r["decode_s"] for r in records)
     scores = [r["score"] for r in records if r.get("score") is not None]
     matches = [r["equivalence"]["exact_match"] for r in records]
     ties = [r for r in records if not r["equivalence"]["exact_match"] and r["equivalence"].get("numerical_tie")]
     return {
-        "num_samples": len(records),
+        "num_samples": len({r["sample_id"] for r in records}),
+        "num_records": len(records),
         "new_tokens": new_tokens,
         "num_rounds": rounds,
         "mean_accepted_length": tau,
@@ -43,11 +85,22 @@ def summarize_method(records: list[dict], ar_by_key: dict[tuple, dict]) -> dict:
         "speedup_decode": ar_decode / method_decode if method_decode > 0 else float("nan"),
         "speedup_e2e": ar_e2e / method_e2e if method_e2e > 0 else float("nan"),
         "speedup_decode_geomean": math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else float("nan"),
-        "tokens_per_s": new_tokens / total_time if total_time > 0 else float("nan"),
+        "tokens_per_s": sum(r["num_new_tokens"] for r in records) / total_time if total_time > 0 else float("nan"),
         "exact_match_rate": sum(matches) / len(matches) if matches else float("nan"),
         "num_numerical_ties": len(ties),
         "accuracy": sum(scores) / len(scores) if scores else None,
         "lossless": all(r.get("lossless", True) for r in records),
+        "num_repeats": len(per_repeat),
+        "speedup_decode_per_repeat": per_repeat,
+        "speedup_decode_std": statistics.stdev(per_repeat) if len(per_repeat) > 1 else None,
+        "acceptance_by_depth": acceptance_by_depth(records),
+        "accepted_length_histogram": {str(k): v for k, v in sorted(Counter(
+            n for r in records for n in r["accepted_lengths"]).items())},
+        "round_breakdown": round_breakdown(records),
+        "joules_per_token": energy_per_token(records),
+        "peak_memory_mb": max((r["peak_memory_mb"] for r in records if r.get("peak_memory_mb") is not None),
+                              default=None),
+        "config_hash": records[0].get("method_config_hash") if records else None,
     }
 
 
@@ -59,5 +112,7 @@ def summarize(records: list[dict], manifest: dict) -> dict:
     order = [m["name"] for m in manifest["config"]["methods"]]
     methods = {name: summarize_method(by_method[name], ar_by_key) for name in order if by_method.get(name)}
     config = manifest["config"]
-    return {"run_id": manifest["run_id"], "model": config["model"], "suite": config["suite"],
-            "device": manifest["environment"].get("device_name"), "dtype": config["dtype"], "methods": methods}
+    return {"run_id": manifest["run_id"], "created": manifest.get("created"), "model": config["model"],
+            "suite": config["suite"], "device": manifest["environment"].get("device_name"), "dtype": config["dtype"],
+            "max_new_tokens": config.get("max_new_tokens"), "temperature": config.get("temperature"),
+            "sample_ids_hash": config.get("sample_ids_hash"), "methods": methods}

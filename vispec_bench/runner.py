@@ -19,6 +19,7 @@ from . import environment
 from .acceptance import SamplingConfig
 from .adapter import make_adapter
 from .engine import decode
+from .instruments import GpuMonitor, PhaseTimer
 from .method import SampleContext, build_method, parse_method_args
 from .metrics import summarize
 from .models import load_model, resolve_device, resolve_dtype
@@ -70,6 +71,9 @@ class Runner:
         self.samples = self.suite.select(config.limit, config.seed)
         if not self.samples:
             raise ValueError(f"suite {config.suite} selected no samples")
+        if config.repeats < 1:
+            raise ValueError(f"--repeats must be >= 1, got {config.repeats}")
+        self.monitor = GpuMonitor(self.device)
         resolved = self.resolved_config()
         if resume is not None:
             self.store = RunStore.resume(resume, resolved)
@@ -77,7 +81,7 @@ class Runner:
             run_id = run_id or f"{config.model.replace('/', '_')}-{config.suite}-{time.strftime('%Y%m%d-%H%M%S')}"
             manifest = {"run_id": run_id, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                         "command": " ".join(sys.argv), "config": resolved,
-                        "environment": environment.capture(self.device)}
+                        "environment": environment.capture(self.device) | {"gpu": self.monitor.describe()}}
             self.store = RunStore.create(Path(out_dir) / run_id, manifest)
 
     def resolved_config(self) -> dict:
@@ -98,29 +102,33 @@ class Runner:
             method.prepare(adapter)
         records = self.store.records()
         done = {(r["sample_id"], r["method"], r.get("repeat", 0)) for r in records}
-        ar_ids = {r["sample_id"]: r["new_ids"] for r in records if r["method"] == "ar"}
+        ar_ids = {r["sample_id"]: r["new_ids"] for r in records if r["method"] == "ar" and r.get("repeat", 0) == 0}
         if done:
             self.log(f"resuming {self.store.run_dir}: {len(done)} records already there, not redone")
-        todo = [(s, m) for s in self.samples for m in self.methods if (s.sample_id, m.name, 0) not in done]
+        repeats = range(self.config.repeats)
+        todo = [(s, m, r) for r in repeats for s in self.samples for m in self.methods
+                if (s.sample_id, m.name, r) not in done]
         if not todo:
             self.log("nothing left to run")
         elif self.config.warmup:
             self._warm_up(adapter, self.samples[0])
 
-        bars = {m.name: tqdm(total=len(self.samples), desc=f"{m.name:>10}", position=i, leave=True,
+        total = len(self.samples) * self.config.repeats
+        bars = {m.name: tqdm(total=total, desc=f"{m.name:>16}", position=i, leave=True,
                              disable=not self.progress, file=sys.stderr,
-                             initial=sum(1 for s in self.samples if (s.sample_id, m.name, 0) in done))
+                             initial=sum(1 for key in done if key[1] == m.name))
                 for i, m in enumerate(self.methods)}
         try:
-            for index, sample in enumerate(self.samples):
-                pending = [m for m in self.methods if (sample.sample_id, m.name, 0) not in done]
-                if not pending:
-                    continue
-                prompt = adapter.build_prompt(sample.messages, sample.images)  # untimed
-                for method in pending:
-                    record = self._run_one(adapter, prompt, sample, index, method, ar_ids)
-                    self.store.append(record)
-                    bars[method.name].update(1)
+            for repeat in repeats:
+                for index, sample in enumerate(self.samples):
+                    pending = [m for m in self.methods if (sample.sample_id, m.name, repeat) not in done]
+                    if not pending:
+                        continue
+                    prompt = adapter.build_prompt(sample.messages, sample.images)  # untimed
+                    for method in pending:
+                        record = self._run_one(adapter, prompt, sample, index, method, ar_ids, repeat)
+                        self.store.append(record)
+                        bars[method.name].update(1)
         except KeyboardInterrupt:
             self.log(f"\ninterrupted: finished records are saved; resume with --resume {self.store.run_dir}")
             raise
@@ -141,13 +149,25 @@ class Runner:
         for method in self.methods[1:]:
             decode(adapter, prompt, method.make_proposer(adapter, context), self.config.max_new_tokens, self.sampling)
 
-    def _run_one(self, adapter, prompt, sample, index, method, ar_ids) -> dict:
+    def _run_one(self, adapter, prompt, sample, index, method, ar_ids, repeat=0) -> dict:
         context = SampleContext(sample.sample_id, ar_ids.get(sample.sample_id))
         proposer = method.make_proposer(adapter, context)
+        is_cuda = torch.device(self.device).type == "cuda"
+        if is_cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        before = self.monitor.snapshot()  # NVML reads stay outside decode's timed region
         result = decode(adapter, prompt, proposer, self.config.max_new_tokens, self.sampling,
                         seed=self._sample_seed(index))
+        after = self.monitor.snapshot()
+        peak_memory_mb = torch.cuda.max_memory_allocated(self.device) / 2 ** 20 if is_cuda else None
+        breakdown = None
+        if self.config.profile_rounds and repeat == 0:
+            timer = PhaseTimer(self.device)
+            decode(adapter, prompt, method.make_proposer(adapter, context), self.config.max_new_tokens, self.sampling,
+                   seed=self._sample_seed(index), phase_timer=timer)
+            breakdown = timer.totals()
         text = adapter.tokenizer.decode(result.new_ids, skip_special_tokens=True)
-        if method.name == "ar":
+        if method.name == "ar" and repeat == 0:
             ar_ids[sample.sample_id] = result.new_ids
             match = {"exact_match": True, "first_divergence": None, "margin": None, "numerical_tie": False}
         else:
@@ -159,7 +179,7 @@ class Runner:
             "method": method.name,
             "method_config_hash": method.config_hash(),
             "lossless": method.is_lossless(),
-            "repeat": 0,
+            "repeat": repeat,
             "prompt_tokens": int(prompt.input_ids.shape[0]),
             "num_images": prompt.num_images,
             "new_ids": result.new_ids,
@@ -170,6 +190,9 @@ class Runner:
             "draft_depths": result.draft_depths,
             "prefill_s": result.prefill_s,
             "decode_s": result.decode_s,
+            "round_breakdown": breakdown,
+            "energy": self.monitor.sample_stats(before, after, len(result.new_ids)),
+            "peak_memory_mb": peak_memory_mb,
             "equivalence": match,
             "answer": text,
             "references": sample.references,

@@ -1,0 +1,108 @@
+"""Instrumentation kept out of the timed region.
+
+- `GpuMonitor` reads NVML (power, SM and memory clocks, utilisation, temperature, memory in
+  use, and the device's cumulative energy counter) only BETWEEN timed samples: a snapshot
+  before and after each, so energy per generated token is the counter's difference over the
+  sample and nothing samples concurrently with the timed code (a sampler thread would share
+  the GIL with a Python-bound decode loop). Without NVML it says why, and everything else works.
+- `PhaseTimer` splits each round into draft, verify and accept/commit time. It synchronises
+  the device at every phase boundary, which slows decoding, so the runner uses it only in a
+  separate profiling pass whose times never enter a speedup.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+
+class GpuMonitor:
+    def __init__(self, device: str):
+        self.available = False
+        self.reason = ""
+        self.handle = None
+        if torch.device(device).type != "cuda":
+            self.reason = "not a CUDA device: NVML measures NVIDIA GPUs only"
+            return
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            index = torch.device(device).index or 0
+            self.handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            self.nvml = pynvml
+            self.available = True
+        except Exception as err:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...: recorded, not fatal
+            self.reason = f"{type(err).__name__}: {err}"
+
+    def _read(self, function, *args):
+        try:
+            return function(self.handle, *args)
+        except self.nvml.NVMLError:
+            return None
+
+    def snapshot(self) -> dict:
+        if not self.available:
+            return {}
+        nvml = self.nvml
+        utilization = self._read(nvml.nvmlDeviceGetUtilizationRates)
+        memory = self._read(nvml.nvmlDeviceGetMemoryInfo)
+        power = self._read(nvml.nvmlDeviceGetPowerUsage)
+        return {
+            "energy_mj": self._read(nvml.nvmlDeviceGetTotalEnergyConsumption),  # millijoules since driver load
+            "power_w": None if power is None else power / 1000,
+            "sm_clock_mhz": self._read(nvml.nvmlDeviceGetClockInfo, nvml.NVML_CLOCK_SM),
+            "mem_clock_mhz": self._read(nvml.nvmlDeviceGetClockInfo, nvml.NVML_CLOCK_MEM),
+            "gpu_util_pct": None if utilization is None else utilization.gpu,
+            "temperature_c": self._read(nvml.nvmlDeviceGetTemperature, nvml.NVML_TEMPERATURE_GPU),
+            "memory_used_mb": None if memory is None else memory.used / 2 ** 20,
+        }
+
+    def describe(self) -> dict:
+        if not self.available:
+            return {"available": False, "reason": self.reason}
+        nvml = self.nvml
+        return {"available": True, "name": self._read(nvml.nvmlDeviceGetName),
+                "driver": nvml.nvmlSystemGetDriverVersion(),
+                "power_limit_w": (self._read(nvml.nvmlDeviceGetPowerManagementLimit) or 0) / 1000,
+                "max_sm_clock_mhz": self._read(nvml.nvmlDeviceGetMaxClockInfo, nvml.NVML_CLOCK_SM)}
+
+    def sample_stats(self, before: dict, after: dict, num_tokens: int) -> dict:
+        """Per-sample figures from the snapshots around it; energy needs the counter on both sides."""
+        if not self.available:
+            return {"available": False, "reason": self.reason}
+        stats = {"available": True, "before": before, "after": after}
+        if before.get("energy_mj") is not None and after.get("energy_mj") is not None and num_tokens:
+            joules = (after["energy_mj"] - before["energy_mj"]) / 1000
+            stats.update(joules=joules, joules_per_token=joules / num_tokens)
+        return stats
+
+
+@dataclass
+class PhaseTimer:
+    """Accumulates per-round phase times; every mark synchronises the device first."""
+
+    device: torch.device | str
+    rounds: list[dict] = field(default_factory=list)
+    _last: float = 0.0
+
+    def start_round(self) -> None:
+        self._sync()
+        self._last = time.perf_counter()
+        self.rounds.append({})
+
+    def mark(self, phase: str) -> None:
+        self._sync()
+        now = time.perf_counter()
+        self.rounds[-1][phase] = self.rounds[-1].get(phase, 0.0) + now - self._last
+        self._last = now
+
+    def _sync(self) -> None:
+        if torch.device(self.device).type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def totals(self) -> dict:
+        phases = ("draft", "verify", "accept_commit")
+        return {f"{p}_s": sum(r.get(p, 0.0) for r in self.rounds) for p in phases} | {"num_rounds": len(self.rounds)}

@@ -1,0 +1,299 @@
+"""`report`: runs -> index.md, a self-contained index.html, summary.csv and PNG plots.
+
+Reads only run directories (manifest.json + records.jsonl); summaries are recomputed from the
+records with vispec_bench.metrics, so a report never trusts a stale summary.json. Runs of
+several models, suites and dates combine into one report; each run's environment is listed.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import time
+from pathlib import Path
+
+from .metrics import summarize
+from .records import MANIFEST, RunStore
+
+CSV_COLUMNS = ["model", "suite", "method", "num_samples", "new_tokens", "mean_accepted_length",
+               "mean_accepted_length_excl_bonus", "speedup_decode", "speedup_e2e", "speedup_decode_geomean",
+               "speedup_decode_std", "num_repeats", "tokens_per_s", "exact_match_rate", "num_numerical_ties",
+               "accuracy", "joules_per_token", "peak_memory_mb", "lossless", "device", "dtype", "max_new_tokens",
+               "temperature", "sample_ids_hash", "config_hash", "run_id", "created"]
+
+
+def find_runs(paths: list[str], runs_root: str = "runs") -> list[Path]:
+    """Explicit run directories (or folders of them); by default the latest run of each
+    (model, suite, dtype, device) under `runs_root`."""
+    if paths:
+        found = []
+        for path in map(Path, paths):
+            if (path / MANIFEST).exists():
+                found.append(path)
+            elif path.is_dir() and any((p / MANIFEST).exists() for p in path.iterdir() if p.is_dir()):
+                found += sorted(p for p in path.iterdir() if (p / MANIFEST).exists())
+            else:
+                raise FileNotFoundError(f"{path} is not a run directory (no {MANIFEST}) nor a folder of runs")
+        return found
+    root = Path(runs_root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no run directories given and {root}/ does not exist; run a benchmark first")
+    latest: dict[tuple, tuple[str, Path]] = {}
+    for run_dir in sorted(p for p in root.iterdir() if (p / MANIFEST).exists()):
+        manifest = RunStore(run_dir).manifest()
+        config = manifest["config"]
+        key = (config["model"], config["suite"], config["dtype"], manifest["environment"].get("device_name"))
+        if key not in latest or manifest.get("created", "") >= latest[key][0]:
+            latest[key] = (manifest.get("created", ""), run_dir)
+    if not latest:
+        raise FileNotFoundError(f"{root}/ holds no runs")
+    return [path for _, path in sorted(latest.values())]
+
+
+def load_run(run_dir: Path) -> tuple[dict, dict]:
+    store = RunStore(run_dir)
+    manifest = store.manifest()
+    return manifest, summarize(store.records(), manifest)
+
+
+def summary_rows(runs: list[tuple[dict, dict]]) -> list[dict]:
+    rows = []
+    for manifest, summary in runs:
+        for method, m in summary["methods"].items():
+            row = {k: m.get(k) for k in CSV_COLUMNS if k in m}
+            row.update(model=summary["model"], suite=summary["suite"], method=method, device=summary["device"],
+                       dtype=summary["dtype"], max_new_tokens=summary["max_new_tokens"],
+                       temperature=summary["temperature"], sample_ids_hash=summary["sample_ids_hash"],
+                       run_id=summary["run_id"], created=summary["created"])
+            rows.append({k: row.get(k) for k in CSV_COLUMNS} | {"_details": m})
+    return rows
+
+
+# --- plots -------------------------------------------------------------------------------------
+
+def _label(row: dict) -> str:
+    return row["_label"]
+
+
+def _assign_labels(rows: list[dict]) -> None:
+    """Plot groups are (model, suite); the run id is added where several runs share them."""
+    runs_per_group: dict[tuple, set] = {}
+    for row in rows:
+        runs_per_group.setdefault((row["model"], row["suite"]), set()).add(row["run_id"])
+    for row in rows:
+        label = f"{row['model']}\n{row['suite']}"
+        if len(runs_per_group[(row["model"], row["suite"])]) > 1:
+            label += f"\n{row['run_id'][-15:]}"
+        row["_label"] = label
+
+
+def _grouped_bars(rows, value, error, title, ylabel, path, reference=None):
+    import matplotlib.pyplot as plt
+
+    groups = sorted({_label(r) for r in rows})
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    width = 0.8 / max(len(methods), 1)
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups) * max(1, len(methods) / 3)), 4))
+    top = 0.0
+    for i, method in enumerate(methods):
+        xs, ys, errs = [], [], []
+        for g, group in enumerate(groups):
+            match = [r for r in rows if _label(r) == group and r["method"] == method]
+            if match and match[0][value] is not None:
+                xs.append(g + (i - (len(methods) - 1) / 2) * width)
+                ys.append(match[0][value])
+                errs.append((match[0].get(error) or 0) if error else 0)
+        bars = ax.bar(xs, ys, width, yerr=errs if any(errs) else None, label=method, capsize=3)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+        top = max([top] + [y + e for y, e in zip(ys, errs)])
+    ax.set_ylim(0, top * 1.3 or 1)  # headroom for the legend
+    if reference is not None:
+        ax.axhline(reference, color="grey", linewidth=0.8, linestyle="--")
+    ax.set_xticks(range(len(groups)), groups, fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8, ncols=min(4, len(methods)))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _acceptance_plot(rows, path):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for row in rows:
+        by_depth = row["_details"].get("acceptance_by_depth") or {}
+        if by_depth:
+            depths = sorted(by_depth, key=int)
+            ax.plot([int(d) for d in depths], [by_depth[d] for d in depths], marker="o",
+                    label=f"{row['method']} ({_label(row).replace(chr(10), ', ')})")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("draft depth d")
+    ax.set_ylabel("P(accept >= d | tree reached d)")
+    ax.set_ylim(0, 1.05)
+    ax.set_title("Acceptance rate per draft depth")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _histogram_plot(rows, path):
+    import matplotlib.pyplot as plt
+
+    speculative = [r for r in rows if r["method"] != "ar"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    width = 0.8 / max(len(speculative), 1)
+    for i, row in enumerate(speculative):
+        histogram = {int(k): v for k, v in (row["_details"].get("accepted_length_histogram") or {}).items()}
+        total = sum(histogram.values()) or 1
+        xs = sorted(histogram)
+        ax.bar([x + (i - (len(speculative) - 1) / 2) * width for x in xs], [histogram[x] / total for x in xs], width,
+               label=f"{row['method']} ({_label(row).replace(chr(10), ', ')})")
+    ax.set_xlabel("tokens emitted per round (accepted + 1)")
+    ax.set_ylabel("fraction of rounds")
+    ax.set_title("Accepted-length histogram")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _breakdown_plot(rows, path):
+    import matplotlib.pyplot as plt
+
+    profiled = [r for r in rows if r["_details"].get("round_breakdown")]
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(profiled)), 4))
+    labels = [f"{r['method']}\n{_label(r)}" for r in profiled]
+    bottom = [0.0] * len(profiled)
+    for phase, color in (("draft", "#4c72b0"), ("verify", "#dd8452"), ("accept_commit", "#55a868")):
+        values = [r["_details"]["round_breakdown"][f"{phase}_ms_per_round"] for r in profiled]
+        ax.bar(range(len(profiled)), values, bottom=bottom, label=phase, color=color)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    ax.set_xticks(range(len(profiled)), labels, fontsize=7)
+    ax.set_ylabel("ms per round (profiling pass)")
+    ax.set_title("Per-round time: draft / verify / accept+commit")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def make_plots(rows: list[dict], out: Path) -> list[tuple[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    _assign_labels(rows)
+    plots = []
+    _grouped_bars(rows, "speedup_decode", "speedup_decode_std", "Decode speedup over AR (same engine, same run)",
+                  "speedup (x)", out / "speedup.png", reference=1.0)
+    plots.append(("speedup.png", "Decode speedup over AR; error bars: std across --repeats"))
+    _grouped_bars(rows, "mean_accepted_length", None, "Mean accepted length tau (incl. bonus token)", "tau",
+                  out / "tau.png", reference=1.0)
+    plots.append(("tau.png", "Mean accepted length τ per method and suite"))
+    _acceptance_plot([r for r in rows if r["method"] != "ar"], out / "acceptance_by_depth.png")
+    plots.append(("acceptance_by_depth.png", "Acceptance rate per draft depth"))
+    _histogram_plot(rows, out / "accepted_length_histogram.png")
+    plots.append(("accepted_length_histogram.png", "Accepted-length histogram"))
+    if any(r["_details"].get("round_breakdown") for r in rows):
+        _breakdown_plot(rows, out / "round_breakdown.png")
+        plots.append(("round_breakdown.png", "Per-round time breakdown (separate profiling pass)"))
+    energy_rows = [r for r in rows if r["joules_per_token"] is not None]
+    if energy_rows:
+        _grouped_bars(energy_rows, "joules_per_token", None, "Energy per generated token (NVML)", "J / token",
+                      out / "energy.png")
+        plots.append(("energy.png", "Energy per generated token"))
+    return plots
+
+
+# --- documents -----------------------------------------------------------------------------------
+
+TABLE_COLUMNS = [("model", "model", "{}"), ("suite", "suite", "{}"), ("method", "method", "{}"),
+                 ("samples", "num_samples", "{}"), ("tokens", "new_tokens", "{}"),
+                 ("τ", "mean_accepted_length", "{:.2f}"), ("τ−1", "mean_accepted_length_excl_bonus", "{:.2f}"),
+                 ("speedup (decode)", "speedup_decode", "{:.2f}x"), ("± std", "speedup_decode_std", "{:.2f}"),
+                 ("speedup (e2e)", "speedup_e2e", "{:.2f}x"), ("exact match", "exact_match_rate", "{:.2f}"),
+                 ("accuracy", "accuracy", "{:.2f}"), ("tok/s", "tokens_per_s", "{:.1f}"),
+                 ("J/token", "joules_per_token", "{:.3f}"), ("device", "device", "{}"), ("dtype", "dtype", "{}")]
+
+
+def _cell(row, key, fmt):
+    value = row.get(key)
+    if value is None:
+        return "—"
+    text = fmt.format(value)
+    if key == "method" and row.get("lossless") is False:
+        text += " (lossy)"
+    return text
+
+
+def _environment_lines(manifest: dict) -> list[str]:
+    env = manifest["environment"]
+    packages = env.get("packages", {})
+    git = env.get("git", {})
+    gpu = env.get("gpu") or {}
+    nvml = "NVML: " + (f"{gpu.get('name')}, driver {gpu.get('driver')}" if gpu.get("available")
+                       else f"absent ({gpu.get('reason') or env.get('nvml', {}).get('reason')})")
+    return [f"run `{manifest['run_id']}` ({manifest.get('created')}): {env.get('device_name')}; torch "
+            f"{packages.get('torch')}, transformers {packages.get('transformers')}; git "
+            f"{(git.get('commit') or 'unknown')[:10]}{' (dirty)' if git.get('dirty') else ''}; {nvml}",
+            f"command: `{manifest.get('command', '')}`"]
+
+
+DEFINITIONS = [
+    "τ: tokens emitted per target forward (accepted draft tokens + 1 bonus/recovered token), over all rounds; "
+    "AR is 1.00. τ−1 is the ViSpec/MMSpec table convention.",
+    "speedup: Σ t_AR / Σ t_method over the same samples, same run, same machine, same engine and dtype; decode = "
+    "after the first token, e2e = with vision encoder and prefill. ± std: spread of the per-repeat speedups.",
+    "exact match: the method's ids equal AR's ids (temperature 0). A lossy method is marked (lossy).",
+    "per-round breakdown comes from a separate profiling pass that synchronises at every phase; its times are "
+    "never used in a speedup.",
+]
+
+
+def write_report(run_dirs: list[Path], out: Path) -> Path:
+    import pandas as pd
+
+    out.mkdir(parents=True, exist_ok=True)
+    runs = [load_run(d) for d in run_dirs]
+    rows = summary_rows(runs)
+    pd.DataFrame([{k: r[k] for k in CSV_COLUMNS} for r in rows], columns=CSV_COLUMNS).to_csv(
+        out / "summary.csv", index=False)
+    plots = make_plots(rows, out)
+    generated = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+
+    header = [title for title, _, _ in TABLE_COLUMNS]
+    body = [[_cell(r, key, fmt) for _, key, fmt in TABLE_COLUMNS] for r in rows]
+    md = [f"# vispec-bench report", "", f"Generated {generated} from {len(runs)} run(s) by "
+          f"`python -m vispec_bench report`.", "", "| " + " | ".join(header) + " |",
+          "|" + "|".join("---" for _ in header) + "|"]
+    md += ["| " + " | ".join(cells) + " |" for cells in body]
+    md += ["", "## Plots", ""] + [f"![{caption}]({name})" for name, caption in plots]
+    md += ["", "## Runs and environments", ""] + [f"- {line}" for m, _ in runs for line in _environment_lines(m)]
+    md += ["", "## Definitions", ""] + [f"- {d}" for d in DEFINITIONS]
+    (out / "index.md").write_text("\n".join(md) + "\n")
+
+    def embed(name):
+        return base64.b64encode((out / name).read_bytes()).decode()
+
+    esc = html.escape
+    table = ("<table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead><tbody>"
+             + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>" for cells in body)
+             + "</tbody></table>")
+    figures = "".join(f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{embed(name)}">'
+                      f"<figcaption>{esc(caption)}</figcaption></figure>" for name, caption in plots)
+    environments = "".join(f"<li>{esc(line)}</li>" for m, _ in runs for line in _environment_lines(m))
+    definitions = "".join(f"<li>{esc(d)}</li>" for d in DEFINITIONS)
+    page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>vispec-bench report</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;font-size:13px}}
+th,td{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#f3f3f3}}
+td:nth-child(-n+3){{text-align:left}}figure{{display:inline-block;margin:1em}}img{{max-width:620px}}
+figcaption{{font-size:12px;color:#555}}li{{font-size:13px;margin:2px 0}}</style></head><body>
+<h1>vispec-bench report</h1><p>Generated {esc(generated)} from {len(runs)} run(s).</p>{table}
+<h2>Plots</h2>{figures}<h2>Runs and environments</h2><ul>{environments}</ul>
+<h2>Definitions</h2><ul>{definitions}</ul></body></html>"""
+    (out / "index.html").write_text(page)
+    return out
