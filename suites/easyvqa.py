@@ -17,7 +17,9 @@ SHORT_ANSWER_INSTRUCTION = "Answer the question using a single word."
 class EasyVQA(Suite):
     name = "easyvqa"
 
-    def __init__(self, prompt_mode="long", split: str | None = "test"):
+    def __init__(self, prompt_mode="long", split: str | None = "test", fixtures: bool = False):
+        # `fixtures` changes nothing: easy-VQA's images and questions ship inside the package,
+        # so the real suite is always offline.
         super().__init__(prompt_mode)
         split = split or "test"
         import easy_vqa  # imported here: the package installs a stray top-level `test`; use only easy_vqa

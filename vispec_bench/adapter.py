@@ -148,7 +148,10 @@ class TargetAdapter:
     def _image_spans(self, image_mask: torch.Tensor, num_images: int) -> list[tuple[int, int]]:
         spans = _contiguous_spans(image_mask.cpu())
         if len(spans) != num_images:
-            raise ImageTokenError(f"expected {num_images} runs of image tokens, found {len(spans)} at {spans}")
+            raise ImageTokenError(
+                f"expected {num_images} runs of image tokens, found {len(spans)} at {spans}"
+                + ("; images that touch in the prompt merge into one run: put text (even a space) between them"
+                   if len(spans) < num_images else ""))
         return spans
 
     # --- cache ----------------------------------------------------------------------------

@@ -16,6 +16,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--suite", default=defaults["suite"])
     parser.add_argument("--prompt-mode", choices=["short", "long"], default=defaults["prompt_mode"],
                         help="short answers (the suite's post-prompt) or long answers (the papers' setting)")
+    parser.add_argument("--fixtures", action="store_true",
+                        help="use the suite's bundled offline rows (real column schema, generated images)")
+    parser.add_argument("--dataset-path", default=None, help="hub id or local directory instead of the suite's")
+    parser.add_argument("--dataset-name", default=None, help="dataset config name")
+    parser.add_argument("--split", default=None)
+    parser.add_argument("--revision", default=None, help="dataset revision (commit, tag or branch)")
     parser.add_argument("--limit", type=int, default=defaults["limit"], help="number of samples (fixed-seed choice)")
     parser.add_argument("--max-new-tokens", type=int, default=defaults["max_new_tokens"])
     parser.add_argument("--temperature", type=float, default=defaults["temperature"], help="0 = greedy")
@@ -84,7 +90,8 @@ def cmd_run(args) -> int:
     from .runner import Runner
 
     config = RunConfig(model=args.model, methods=args.methods.split(","), suite=args.suite,
-                       prompt_mode=args.prompt_mode, limit=args.limit, max_new_tokens=args.max_new_tokens,
+                       prompt_mode=args.prompt_mode, fixtures=args.fixtures, dataset_path=args.dataset_path,
+                       dataset_name=args.dataset_name, split=args.split, revision=args.revision, limit=args.limit, max_new_tokens=args.max_new_tokens,
                        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
                        dtype=args.dtype, device=args.device, method_args=args.method_args, warmup=args.warmup,
                        repeats=args.repeats, profile_rounds=args.profile_rounds)
@@ -100,7 +107,8 @@ def cmd_run(args) -> int:
 def cmd_gen_data(args) -> int:
     from .datagen import GenDataConfig, generate_data
 
-    config = GenDataConfig(model=args.model, suite=args.suite, split=args.split, prompt_mode=args.prompt_mode,
+    config = GenDataConfig(model=args.model, suite=args.suite, split=args.split, fixtures=args.fixtures,
+                           prompt_mode=args.prompt_mode,
                            prompt_suffix=args.prompt_suffix, limit=args.limit, seed=args.seed,
                            max_new_tokens=args.max_new_tokens, dtype=args.dtype, device=args.device)
     path = generate_data(config, args.out, progress=not args.no_progress)
@@ -175,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_gen.add_argument("--model", required=True)
     p_gen.add_argument("--suite", default="easyvqa")
     p_gen.add_argument("--split", default="train", help="suite split to draw prompts from (not the benchmark's)")
+    p_gen.add_argument("--fixtures", action="store_true", help="the suite's bundled offline rows")
     p_gen.add_argument("--prompt-mode", choices=["short", "long"], default="long")
     p_gen.add_argument("--prompt-suffix", default="",
                        help='appended to each question, e.g. "Please answer with at least 1000 words."')

@@ -11,6 +11,11 @@ class RunConfig:
     methods: list[str] = field(default_factory=lambda: ["oracle"])
     suite: str = "easyvqa"
     prompt_mode: str = "long"
+    fixtures: bool = False  # the suite's bundled offline rows instead of the real dataset
+    dataset_path: str | None = None  # hub id or local directory overriding the suite's default
+    dataset_name: str | None = None
+    split: str | None = None
+    revision: str | None = None
     limit: int | None = 4
     max_new_tokens: int = 64
     temperature: float = 0.0

@@ -27,7 +27,7 @@ from .adapter import make_adapter
 from .engine import decode
 from .models import load_model, resolve_device, resolve_dtype
 from .records import load_records
-from .registry import SUITES
+from .suite import make_suite
 
 
 @dataclass
@@ -42,6 +42,7 @@ class GenDataConfig:
     max_new_tokens: int = 256
     dtype: str = "auto"
     device: str = "auto"
+    fixtures: bool = False
 
 
 def with_suffix(messages: list[dict], suffix: str) -> list[dict]:
@@ -61,11 +62,6 @@ def with_suffix(messages: list[dict], suffix: str) -> list[dict]:
     return messages
 
 
-def make_suite(name: str, prompt_mode: str, split: str | None):
-    suite_class = SUITES.load(name)
-    return suite_class(prompt_mode=prompt_mode, split=split) if split else suite_class(prompt_mode=prompt_mode)
-
-
 def generate_data(config: GenDataConfig, out: str | Path, progress: bool = True) -> Path:
     from tqdm.auto import tqdm
 
@@ -82,7 +78,7 @@ def generate_data(config: GenDataConfig, out: str | Path, progress: bool = True)
     rows_path = out / "rows.jsonl"
     done = {row["sample_id"] for row in load_records(rows_path)}  # same reader as run records
 
-    suite = make_suite(config.suite, config.prompt_mode, config.split)
+    suite = make_suite(config.suite, config.prompt_mode, split=config.split, fixtures=config.fixtures)
     samples = suite.select(config.limit, config.seed)
     device = resolve_device(config.device)
     loaded = load_model(config.model, resolve_dtype(config.dtype, device), device)

@@ -122,6 +122,12 @@ METHODS.register("vispec-noglobal", "methods.vispec:ViSpecNoGlobal",
 METHODS.register("medusa", "methods.medusa:Medusa", "Medusa: K ResBlock heads on the last hidden state, fixed tree")
 SUITES.register("easyvqa", "suites.easyvqa:EasyVQA", "easy-VQA test split (real 64x64 shapes, 13 answers)",
                 aliases=("easy-vqa",))
+SUITES.register("mmmu", "suites.mmmu:MMMU", "MMMU validation (30 subjects, up to 7 images), lmms-eval mmmu_val")
+SUITES.register("seedbench", "suites.seedbench:SEEDBench", "SEED-Bench image questions, lmms-eval seedbench",
+                aliases=("seed-bench",))
+SUITES.register("scienceqa", "suites.scienceqa:ScienceQA", "ScienceQA-IMG test, lmms-eval scienceqa_img",
+                aliases=("sqa",))
+SUITES.register("vqav2", "suites.vqav2:VQAv2", "VQAv2 validation, ten-annotator accuracy, lmms-eval vqav2_val")
 MODELS.register("tiny-llava", "vispec_bench.tiny_models:build_tiny_llava",
                 "random-init LlavaForConditionalGeneration with a locally trained BPE tokenizer")
 MODELS.register("tiny-llava-next", "vispec_bench.tiny_models:build_tiny_llava_next",

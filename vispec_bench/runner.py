@@ -9,6 +9,7 @@ decodes the first sample once, untimed (warm-up: allocator, kernels, caches).
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import time
 from pathlib import Path
@@ -24,9 +25,9 @@ from .method import SampleContext, build_method, parse_method_args
 from .metrics import summarize
 from .models import load_model, resolve_device, resolve_dtype
 from .records import RunStore
-from .registry import METHODS, SUITES
+from .registry import METHODS
 from .config import RunConfig
-from .suite import sample_ids_hash
+from .suite import make_suite, sample_ids_hash
 
 # Below this top-1/top-2 logit margin, a float32 divergence is a numerical tie between
 # differently shaped matmuls (DESIGN.md "Output equivalence"), counted and reported as such.
@@ -67,7 +68,8 @@ class Runner:
         method_names = _method_list(config.methods)
         raw_args = parse_method_args(config.method_args, method_names)
         self.methods = [build_method(METHODS.load(n), n, raw_args.get(n, {})) for n in method_names]
-        self.suite = SUITES.load(config.suite)(prompt_mode=config.prompt_mode)
+        self.suite = make_suite(config.suite, config.prompt_mode, split=config.split, path=config.dataset_path,
+                                name=config.dataset_name, revision=config.revision, fixtures=config.fixtures)
         self.samples = self.suite.select(config.limit, config.seed)
         if not self.samples:
             raise ValueError(f"suite {config.suite} selected no samples")
@@ -78,7 +80,8 @@ class Runner:
         if resume is not None:
             self.store = RunStore.resume(resume, resolved)
         else:
-            run_id = run_id or f"{config.model.replace('/', '_')}-{config.suite}-{time.strftime('%Y%m%d-%H%M%S')}"
+            run_id = run_id or (f"{config.model.replace('/', '_')}-{config.suite}-{time.strftime('%Y%m%d-%H%M%S')}"
+                                f"-{os.urandom(2).hex()}")
             manifest = {"run_id": run_id, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                         "command": " ".join(sys.argv), "config": resolved,
                         "environment": environment.capture(self.device) | {"gpu": self.monitor.describe()}}

@@ -52,3 +52,18 @@ class Suite:
 
 def sample_ids_hash(sample_ids: list[str]) -> str:
     return hashlib.sha256("\n".join(sample_ids).encode()).hexdigest()[:16]
+
+
+def make_suite(suite_name: str, prompt_mode: str, **source):
+    """Instantiate a registered suite; `source` (split, path, name, revision, fixtures) entries
+    that are None or False are left to the suite's defaults."""
+    from .registry import SUITES
+
+    options = {key: value for key, value in source.items() if value not in (None, False)}
+    suite_class = SUITES.load(suite_name)
+    try:
+        return suite_class(prompt_mode=prompt_mode, **options)
+    except TypeError as err:
+        if options and "unexpected keyword" in str(err):
+            raise ValueError(f"suite {suite_name!r} does not take {', '.join(sorted(options))}: {err}") from None
+        raise
