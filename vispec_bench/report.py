@@ -166,14 +166,14 @@ def _breakdown_plot(rows, path):
     import matplotlib.pyplot as plt
 
     profiled = [r for r in rows if r["_details"].get("round_breakdown")]
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(profiled)), 4))
-    labels = [f"{r['method']}\n{_label(r)}" for r in profiled]
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    labels = [f"{r['method']} | {_label(r).replace(chr(10), ' | ')}" for r in profiled]
     bottom = [0.0] * len(profiled)
     for phase, color in (("draft", "#4c72b0"), ("verify", "#dd8452"), ("accept_commit", "#55a868")):
         values = [r["_details"]["round_breakdown"][f"{phase}_ms_per_round"] for r in profiled]
         ax.bar(range(len(profiled)), values, bottom=bottom, label=phase, color=color)
         bottom = [b + v for b, v in zip(bottom, values)]
-    ax.set_xticks(range(len(profiled)), labels, fontsize=7)
+    ax.set_xticks(range(len(profiled)), labels, fontsize=7, rotation=40, ha="right")
     ax.set_ylabel("ms per round (profiling pass)")
     ax.set_title("Per-round time: draft / verify / accept+commit")
     ax.legend(fontsize=8)
@@ -290,7 +290,7 @@ def write_report(run_dirs: list[Path], out: Path) -> Path:
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>vispec-bench report</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;font-size:13px}}
 th,td{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#f3f3f3}}
-td:nth-child(-n+3){{text-align:left}}figure{{display:inline-block;margin:1em}}img{{max-width:620px}}
+td:nth-child(-n+3){{text-align:left;white-space:nowrap}}figure{{display:inline-block;margin:1em}}img{{max-width:620px}}
 figcaption{{font-size:12px;color:#555}}li{{font-size:13px;margin:2px 0}}</style></head><body>
 <h1>vispec-bench report</h1><p>Generated {esc(generated)} from {len(runs)} run(s).</p>{table}
 <h2>Plots</h2>{figures}<h2>Runs and environments</h2><ul>{environments}</ul>

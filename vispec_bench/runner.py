@@ -34,6 +34,14 @@ from .suite import make_suite, sample_ids_hash
 NUMERICAL_TIE_MARGIN = 1e-4
 
 
+def command_line() -> str:
+    """The command as the user typed it (`python -m vispec_bench ...`, not the __main__.py path)."""
+    program = sys.argv[0]
+    if program.endswith("__main__.py"):
+        program = "python -m vispec_bench"
+    return " ".join([program, *sys.argv[1:]])
+
+
 def _method_list(names: list[str]) -> list[str]:
     names = [n.strip() for n in names if n.strip()]
     for name in names:
@@ -83,7 +91,7 @@ class Runner:
             run_id = run_id or (f"{config.model.replace('/', '_')}-{config.suite}-{time.strftime('%Y%m%d-%H%M%S')}"
                                 f"-{os.urandom(2).hex()}")
             manifest = {"run_id": run_id, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                        "command": " ".join(sys.argv), "config": resolved,
+                        "command": command_line(), "config": resolved,
                         "environment": environment.capture(self.device) | {"gpu": self.monitor.describe()}}
             self.store = RunStore.create(Path(out_dir) / run_id, manifest)
 
