@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -98,9 +99,12 @@ def cmd_run(args) -> int:
     runner = Runner(config, out_dir=args.out, run_id=args.run_id, resume=args.resume,
                     progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
     run_dir = runner.run()
+    if not runner.dist.is_main:  # under torchrun, rank 0 reports for everyone
+        return 0
     summary = json.loads((run_dir / "summary.json").read_text())
     print(format_summary(summary))
-    print(f"\nrecords: {run_dir}/records.jsonl\nsummary: {run_dir}/summary.json")
+    shards = "records.rank*.jsonl" if runner.dist.enabled else "records.jsonl"
+    print(f"\nrecords: {run_dir}/{shards}\nsummary: {run_dir}/summary.json")
     return 0
 
 
@@ -127,7 +131,8 @@ def cmd_train(args) -> int:
                                                          if args.mtp_steps is not None else []),
                          resume=args.resume)
     path = train(config, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
-    print(f"draft checkpoint: {path}")
+    if os.environ.get("RANK", "0") == "0":  # under accelerate launch, process 0 reports
+        print(f"draft checkpoint: {path}")
     return 0
 
 

@@ -111,6 +111,11 @@ def summarize(records: list[dict], manifest: dict) -> dict:
     ar_by_key = {_key(r): r for r in by_method.get("ar", [])}
     order = [m["name"] for m in manifest["config"]["methods"]]
     methods = {name: summarize_method(by_method[name], ar_by_key) for name in order if by_method.get(name)}
+    devices = sorted({r["device"] for r in records if r.get("device")})
+    if len(devices) > 1:  # sharded over different devices: their figures side by side
+        for name, summary in methods.items():
+            summary["by_device"] = {device: summarize_method([r for r in by_method[name] if r.get("device") == device],
+                                                             ar_by_key) for device in devices}
     config = manifest["config"]
     return {"run_id": manifest["run_id"], "created": manifest.get("created"), "model": config["model"],
             "suite": config["suite"], "device": manifest["environment"].get("device_name"), "dtype": config["dtype"],

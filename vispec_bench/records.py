@@ -1,5 +1,8 @@
 """Run records (DESIGN.md seam 5): manifest.json, records.jsonl (append-only), summary.json.
 
+Under torchrun each rank appends its own shard, records.rank<N>.jsonl; every reader merges
+records.jsonl and all shards, so reports, summaries and resume see one run.
+
 Records are never overwritten or deduplicated: each is one JSON line written with a single
 append and flushed to disk before the next sample starts. A corrupt line is an error naming
 its line number; the file is left as it is for the user to inspect.
@@ -62,12 +65,16 @@ def load_records(path: Path) -> list[dict]:
 
 
 class RunStore:
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, shard: str | None = None):
         self.run_dir = Path(run_dir)
+        self.shard = shard  # e.g. "rank1": this process appends to records.rank1.jsonl
 
     @property
     def records_path(self) -> Path:
-        return self.run_dir / RECORDS
+        return self.run_dir / (RECORDS if self.shard is None else f"records.{self.shard}.jsonl")
+
+    def record_files(self) -> list[Path]:
+        return sorted(self.run_dir.glob("records*.jsonl"))
 
     @classmethod
     def create(cls, run_dir: Path, manifest: dict) -> "RunStore":
@@ -79,7 +86,7 @@ class RunStore:
         return cls(run_dir)
 
     @classmethod
-    def resume(cls, run_dir: Path, config: dict) -> "RunStore":
+    def resume(cls, run_dir: Path, config: dict, shard: str | None = None) -> "RunStore":
         """Reopen a run; the resolved config must equal the stored one, or records would mix."""
         run_dir = Path(run_dir)
         stored = read_json(run_dir / MANIFEST)["config"]
@@ -87,13 +94,13 @@ class RunStore:
         if differing:
             details = "; ".join(f"{k}: stored {stored.get(k)!r}, now {config.get(k)!r}" for k in differing)
             raise ConfigMismatchError(f"cannot resume {run_dir}: the config differs ({details})")
-        return cls(run_dir)
+        return cls(run_dir, shard)
 
     def manifest(self) -> dict:
         return read_json(self.run_dir / MANIFEST)
 
     def records(self) -> list[dict]:
-        return load_records(self.records_path)
+        return [record for path in self.record_files() for record in load_records(path)]
 
     def append(self, record: dict) -> None:
         line = (json.dumps(record, default=str) + "\n").encode()

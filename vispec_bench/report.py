@@ -254,6 +254,16 @@ DEFINITIONS = [
 ]
 
 
+def per_device_lines(rows: list[dict]) -> list[str]:
+    lines = []
+    for row in rows:
+        for device, m in (row["_details"].get("by_device") or {}).items():
+            lines.append(f"{row['model']} / {row['suite']} / {row['method']} on {device}: {m['num_samples']} samples, "
+                         f"τ {m['mean_accepted_length']:.2f}, decode speedup {m['speedup_decode']:.2f}x, "
+                         f"exact match {m['exact_match_rate']:.2f}")
+    return lines
+
+
 def write_report(run_dirs: list[Path], out: Path) -> Path:
     import pandas as pd
 
@@ -271,6 +281,9 @@ def write_report(run_dirs: list[Path], out: Path) -> Path:
           f"`python -m vispec_bench report`.", "", "| " + " | ".join(header) + " |",
           "|" + "|".join("---" for _ in header) + "|"]
     md += ["| " + " | ".join(cells) + " |" for cells in body]
+    per_device = per_device_lines(rows)
+    if per_device:
+        md += ["", "## Per-device figures (runs sharded over different devices)", ""] + per_device
     md += ["", "## Plots", ""] + [f"![{caption}]({name})" for name, caption in plots]
     md += ["", "## Runs and environments", ""] + [f"- {line}" for m, _ in runs for line in _environment_lines(m)]
     md += ["", "## Definitions", ""] + [f"- {d}" for d in DEFINITIONS]
@@ -286,6 +299,8 @@ def write_report(run_dirs: list[Path], out: Path) -> Path:
     figures = "".join(f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{embed(name)}">'
                       f"<figcaption>{esc(caption)}</figcaption></figure>" for name, caption in plots)
     environments = "".join(f"<li>{esc(line)}</li>" for m, _ in runs for line in _environment_lines(m))
+    if per_device:
+        environments += "".join(f"<li>{esc(line)}</li>" for line in per_device)
     definitions = "".join(f"<li>{esc(d)}</li>" for d in DEFINITIONS)
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>vispec-bench report</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;font-size:13px}}

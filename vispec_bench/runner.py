@@ -19,6 +19,7 @@ import torch
 from . import environment
 from .acceptance import SamplingConfig
 from .adapter import make_adapter
+from .distributed import init_from_environment, rank_device
 from .engine import decode
 from .instruments import GpuMonitor, PhaseTimer
 from .method import SampleContext, build_method, parse_method_args
@@ -68,9 +69,11 @@ class Runner:
     def __init__(self, config: RunConfig, out_dir: str | Path = "runs", run_id: str | None = None,
                  resume: str | Path | None = None, progress: bool = True, log=print):
         self.config = config
-        self.progress = progress
         self.log = log
-        self.device = resolve_device(config.device)
+        self.base_device = resolve_device(config.device)  # what the user asked for: part of the config
+        self.dist = init_from_environment(self.base_device)
+        self.device = rank_device(self.base_device, self.dist)  # this rank's device
+        self.progress = progress and self.dist.is_main  # one set of bars, rank 0's share
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.sampling = SamplingConfig(config.temperature, config.top_p, config.top_k)
         method_names = _method_list(config.methods)
@@ -85,21 +88,28 @@ class Runner:
             raise ValueError(f"--repeats must be >= 1, got {config.repeats}")
         self.monitor = GpuMonitor(self.device)
         resolved = self.resolved_config()
+        shard = f"rank{self.dist.rank}" if self.dist.enabled else None
+        rank_devices = self.dist.gather(environment.device_name(self.device))
         if resume is not None:
-            self.store = RunStore.resume(resume, resolved)
-        else:
-            run_id = run_id or (f"{config.model.replace('/', '_')}-{config.suite}-{time.strftime('%Y%m%d-%H%M%S')}"
-                                f"-{os.urandom(2).hex()}")
+            self.store = RunStore.resume(resume, resolved, shard)
+            return
+        run_id = self.dist.broadcast(run_id or (
+            f"{config.model.replace('/', '_')}-{config.suite}-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"))
+        run_dir = Path(out_dir) / run_id
+        if self.dist.is_main:
             manifest = {"run_id": run_id, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                         "command": command_line(), "config": resolved,
-                        "environment": environment.capture(self.device) | {"gpu": self.monitor.describe()}}
-            self.store = RunStore.create(Path(out_dir) / run_id, manifest)
+                        "environment": environment.capture(self.device) | {"gpu": self.monitor.describe()},
+                        "distributed": {"world_size": self.dist.world_size, "rank_devices": rank_devices}}
+            RunStore.create(run_dir, manifest)
+        self.dist.barrier()  # the manifest exists before any rank appends
+        self.store = RunStore(run_dir, shard)
 
     def resolved_config(self) -> dict:
         ids = [s.sample_id for s in self.samples]
         config = dataclasses.asdict(self.config)
         config.pop("methods"), config.pop("method_args")
-        config.update(device=self.device, dtype=str(self.dtype).removeprefix("torch."),
+        config.update(device=self.base_device, dtype=str(self.dtype).removeprefix("torch."),
                       methods=[m.describe() | {"config_hash": m.config_hash()} for m in self.methods],
                       sample_ids=ids, sample_ids_hash=sample_ids_hash(ids))
         return config
@@ -117,21 +127,22 @@ class Runner:
         if done:
             self.log(f"resuming {self.store.run_dir}: {len(done)} records already there, not redone")
         repeats = range(self.config.repeats)
-        todo = [(s, m, r) for r in repeats for s in self.samples for m in self.methods
+        owned = [(index, sample) for index, sample in enumerate(self.samples) if self.dist.owns(index)]
+        todo = [(s, m, r) for r in repeats for _, s in owned for m in self.methods
                 if (s.sample_id, m.name, r) not in done]
         if not todo:
-            self.log("nothing left to run")
+            self.log("nothing left to run" + (f" on rank {self.dist.rank}" if self.dist.enabled else ""))
         elif self.config.warmup:
-            self._warm_up(adapter, self.samples[0])
+            self._warm_up(adapter, todo[0][0])
 
-        total = len(self.samples) * self.config.repeats
+        total = len(owned) * self.config.repeats
         bars = {m.name: tqdm(total=total, desc=f"{m.name:>16}", position=i, leave=True,
                              disable=not self.progress, file=sys.stderr,
-                             initial=sum(1 for key in done if key[1] == m.name))
+                             initial=total - sum(1 for t in todo if t[1] is m))
                 for i, m in enumerate(self.methods)}
         try:
             for repeat in repeats:
-                for index, sample in enumerate(self.samples):
+                for index, sample in owned:
                     pending = [m for m in self.methods if (sample.sample_id, m.name, repeat) not in done]
                     if not pending:
                         continue
@@ -146,8 +157,10 @@ class Runner:
         finally:
             for bar in bars.values():
                 bar.close()
-        summary = summarize(self.store.records(), self.store.manifest())
-        self.store.write_summary(summary)
+        self.dist.barrier()  # every shard is complete before the merged summary
+        if self.dist.is_main:
+            self.store.write_summary(summarize(self.store.records(), self.store.manifest()))
+        self.dist.barrier()
         return self.store.run_dir
 
     def _sample_seed(self, index: int) -> int:
@@ -191,6 +204,8 @@ class Runner:
             "method_config_hash": method.config_hash(),
             "lossless": method.is_lossless(),
             "repeat": repeat,
+            "rank": self.dist.rank,
+            "device": environment.device_name(self.device),
             "prompt_tokens": int(prompt.input_ids.shape[0]),
             "num_images": prompt.num_images,
             "new_ids": result.new_ids,

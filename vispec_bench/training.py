@@ -6,6 +6,13 @@ trainer for a loss. The method owns the recipe (EAGLE: feature regression + soft
 feature noise; Medusa: CE per head; ViSpec: EAGLE's plus its vision parts); this loop owns
 the optimiser (AdamW, betas 0.9/0.95), linear warm-up then cosine decay, gradient clipping,
 held-out top-1 accuracy per draft depth / head, periodic checkpoints and `--resume`.
+
+Several processes: `accelerate launch --num_processes N [--cpu] -m vispec_bench train ...`.
+Each process holds the frozen target and a draft replica, trains on its own share of the rows,
+and after every backward the gradients are averaged across processes (DDP's arithmetic). We do
+not wrap the draft in DDP's module: EAGLE/ViSpec training runs the draft several times per
+step (the --mtp-steps passes) and calls the adaptor outside its forward, which DDP's hooks do
+not allow. Process 0 evaluates, logs and writes checkpoints, which load on one device.
 """
 
 from __future__ import annotations
@@ -133,13 +140,27 @@ def evaluate(trainer, source: FeatureSource, indices: list[int]) -> dict[str, fl
     return {f"acc_{key}": correct / count for key, (correct, count) in sorted(totals.items()) if count}
 
 
+def average_gradients(parameters: list[torch.nn.Parameter], world: int) -> None:
+    """Mean of every gradient over the processes (what DDP's reducer computes). A parameter that
+    got no gradient on a process contributes zeros, so every process reduces the same tensors."""
+    for param in parameters:
+        if param.grad is None:
+            param.grad = torch.zeros_like(param)
+        torch.distributed.all_reduce(param.grad, op=torch.distributed.ReduceOp.SUM)
+        param.grad /= world
+
+
 def train(config: TrainConfig, progress: bool = True, log=print) -> Path:
     from tqdm.auto import tqdm
 
+    from accelerate import Accelerator
+
     out = Path(config.out)
-    device = resolve_device(config.device)
+    accelerator = Accelerator(cpu=resolve_device(config.device) == "cpu")
+    device = str(accelerator.device)
+    is_main, world, rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
     dtype = resolve_dtype(config.dtype, device)
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.seed)  # the same initial draft on every process
     raw_args = parse_method_args(config.method_args, [config.method]).get(config.method, {})
     method = build_method(METHODS.load(config.method), config.method, raw_args)
     if not hasattr(method, "make_trainer"):
@@ -159,6 +180,9 @@ def train(config: TrainConfig, progress: bool = True, log=print) -> Path:
     if len(dataset) == 0:
         raise ValueError(f"{config.data} holds no training rows")
     train_rows, eval_rows = split_rows(list(dataset["sample_id"]), config.eval_fraction, config.seed)
+    if len(train_rows) < world:
+        raise ValueError(f"{len(train_rows)} training rows cannot be shared by {world} processes")
+    my_rows = train_rows[rank::world]  # this process's share
     source = FeatureSource(adapter, dataset, config.feature_cache_mb)
     optimizer = torch.optim.AdamW([p for p in draft.parameters() if p.requires_grad], lr=config.lr,
                                   betas=(0.9, 0.95), weight_decay=config.weight_decay)
@@ -178,13 +202,16 @@ def train(config: TrainConfig, progress: bool = True, log=print) -> Path:
         log(f"resuming training at step {start_step} of {config.steps}")
     elif (out / "draft.safetensors").exists():
         raise FileExistsError(f"{out} already holds a checkpoint; pass --resume to continue it or use a new --out")
-    out.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()  # nobody writes before every process has checked the output directory
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
 
     def checkpoint(step: int, accuracy: dict) -> None:
         info = method.checkpoint_config(adapter)
         info["training"] = {"step": step, "steps": config.steps, "data": str(config.data), "seed": config.seed,
                             "lr": config.lr, "init": config.init, "eval_accuracy": accuracy,
-                            "num_train_rows": len(train_rows), "num_eval_rows": len(eval_rows)}
+                            "num_train_rows": len(train_rows), "num_eval_rows": len(eval_rows),
+                            "num_processes": world}
         save_draft(out, draft.state_dict(), info)
         torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "torch_rng": torch.get_rng_state()}, state_path)
@@ -193,43 +220,64 @@ def train(config: TrainConfig, progress: bool = True, log=print) -> Path:
         with open(out / LOG, "a") as handle:
             handle.write(json.dumps(entry) + "\n")
 
+    def evaluate_on_main() -> dict:
+        result = {}
+        if is_main:
+            draft.eval()
+            result = evaluate(trainer, source, eval_rows)
+            draft.train()
+        accelerator.wait_for_everyone()
+        return result
+
     draft.train()
     accuracy = {}
     if start_step == 0:
-        draft.eval()
-        accuracy = evaluate(trainer, source, eval_rows)
-        draft.train()
-        write_log({"step": 0, **accuracy})
-    bar = tqdm(range(start_step, config.steps), desc=f"train {config.method}", disable=not progress,
+        accuracy = evaluate_on_main()
+        if is_main:
+            write_log({"step": 0, **accuracy})
+    bar = tqdm(range(start_step, config.steps), desc=f"train {config.method}", disable=not (progress and is_main),
                initial=start_step, total=config.steps)
     started = time.time()
+    parameters = [p for p in draft.parameters() if p.requires_grad]
     for step in bar:
-        epoch, position = divmod(step, len(train_rows))
-        order = list(train_rows)
-        random.Random(config.seed * 7919 + epoch).shuffle(order)
+        epoch, position = divmod(step, len(my_rows))
+        order = list(my_rows)
+        random.Random(config.seed * 7919 + epoch * 104729 + rank).shuffle(order)
         features = source[order[position]]
         loss, logs = trainer.loss(features)
-        if not torch.is_tensor(loss):
-            continue  # a row with no answer tokens
+        if not torch.is_tensor(loss):  # a row with no answer tokens: a zero loss keeps every process in step
+            loss = sum(p.sum() for p in parameters) * 0.0
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(draft.parameters(), config.grad_clip))
+        if world > 1:
+            average_gradients(parameters, world)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip))
         optimizer.step()
         scheduler.step()
         bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
         done = step + 1
-        entry = None
         if done % config.eval_every == 0 or done == config.steps:
-            draft.eval()
-            accuracy = evaluate(trainer, source, eval_rows)
-            draft.train()
-            entry = {"step": done, "loss": float(loss.detach()), "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0],
-                     "elapsed_s": round(time.time() - started, 1), **logs, **accuracy}
-            write_log(entry)
-            log(f"step {done}: loss {float(loss.detach()):.4f} " + " ".join(f"{k} {v:.3f}" for k, v in accuracy.items()))
+            accuracy = evaluate_on_main()
+            if is_main:
+                entry = {"step": done, "loss": float(loss.detach()), "grad_norm": grad_norm,
+                         "lr": scheduler.get_last_lr()[0], "elapsed_s": round(time.time() - started, 1),
+                         "num_processes": world, **logs, **accuracy}
+                write_log(entry)
+                log(f"step {done}: loss {float(loss.detach()):.4f} " + " ".join(f"{k} {v:.3f}"
+                                                                                for k, v in accuracy.items()))
         if done % config.save_every == 0 or done == config.steps:
-            checkpoint(done, accuracy)
+            if is_main:
+                checkpoint(done, accuracy)
+            accelerator.wait_for_everyone()
     bar.close()
+    if world > 1:  # the replicas must still be identical: each applied the same averaged gradients
+        checksum = float(sum(p.detach().double().sum() for p in parameters))
+        checksums = [None] * world
+        torch.distributed.all_gather_object(checksums, checksum)
+        if is_main:
+            write_log({"step": config.steps, "replica_checksums": checksums})
+        if max(checksums) - min(checksums) > 1e-6 * max(1.0, abs(checksum)):
+            raise RuntimeError(f"draft replicas diverged across processes: {checksums}")
     if start_step >= config.steps:
         log("already trained for the requested steps")
     return out
