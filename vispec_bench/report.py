@@ -71,6 +71,14 @@ def summary_rows(runs: list[tuple[dict, dict]]) -> list[dict]:
 
 # --- plots -------------------------------------------------------------------------------------
 
+def _save(fig, path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _label(row: dict) -> str:
     return row["_label"]
 
@@ -113,9 +121,7 @@ def _grouped_bars(rows, value, error, title, ylabel, path, reference=None):
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize=8, ncols=min(4, len(methods)))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _acceptance_plot(rows, path):
@@ -136,9 +142,7 @@ def _acceptance_plot(rows, path):
     ax.set_ylim(0, 1.05)
     ax.set_title("Acceptance rate per draft depth")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _histogram_plot(rows, path):
@@ -157,9 +161,7 @@ def _histogram_plot(rows, path):
     ax.set_ylabel("fraction of rounds")
     ax.set_title("Accepted-length histogram")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _breakdown_plot(rows, path):
@@ -177,9 +179,7 @@ def _breakdown_plot(rows, path):
     ax.set_ylabel("ms per round (profiling pass)")
     ax.set_title("Per-round time: draft / verify / accept+commit")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def make_plots(rows: list[dict], out: Path) -> list[tuple[str, str]]:
