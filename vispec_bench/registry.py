@@ -128,6 +128,10 @@ SUITES.register("seedbench", "suites.seedbench:SEEDBench", "SEED-Bench image que
 SUITES.register("scienceqa", "suites.scienceqa:ScienceQA", "ScienceQA-IMG test, lmms-eval scienceqa_img",
                 aliases=("sqa",))
 SUITES.register("vqav2", "suites.vqav2:VQAv2", "VQAv2 validation, ten-annotator accuracy, lmms-eval vqav2_val")
+MODELS.register("testbed", "vispec_bench.testbed:build_testbed",
+                "SmolLM2-135M-Instruct (real weights) + trained 64x64 vision tower in LLaVA (needs the built weights)")
+MODELS.register("testbed-untrained", "vispec_bench.testbed:build_untrained_testbed",
+                "the testbed with a seeded random vision tower: real language model, for pipeline checks")
 MODELS.register("tiny-llava", "vispec_bench.tiny_models:build_tiny_llava",
                 "random-init LlavaForConditionalGeneration with a locally trained BPE tokenizer")
 MODELS.register("tiny-llava-next", "vispec_bench.tiny_models:build_tiny_llava_next",

@@ -1,0 +1,51 @@
+"""The testbed VLM on the real SmolLM2-135M weights (vision tower untrained until issue 7 ships it)."""
+
+import functools
+
+import pytest
+import torch
+
+from conftest import easyvqa_samples
+from methods.oracle import OracleProposer
+from vispec_bench.acceptance import SamplingConfig
+from vispec_bench.adapter import make_adapter
+from vispec_bench.engine import decode
+from vispec_bench.models import load_model
+from vispec_bench import testbed as testbed_module
+from vispec_bench.testbed import IMAGE_TOKEN, IMAGE_TOKEN_ID
+
+
+@functools.lru_cache(maxsize=None)
+def loaded_testbed():
+    loaded = load_model("testbed-untrained", torch.float32, "cpu")
+    return loaded, make_adapter(loaded.model, loaded.processor)
+
+
+def test_image_token_reuses_a_spare_special_token_without_resizing():
+    loaded, adapter = loaded_testbed()
+    tokenizer = adapter.tokenizer
+    assert len(tokenizer) == adapter.vocab_size == adapter.embed_tokens.weight.shape[0] == 49152
+    assert tokenizer(IMAGE_TOKEN, add_special_tokens=False)["input_ids"] == [IMAGE_TOKEN_ID]
+    assert adapter.image_token_id == IMAGE_TOKEN_ID == loaded.model.config.image_token_id
+    sample = easyvqa_samples()[0]
+    prompt = adapter.build_prompt(sample.messages, sample.images)
+    (start, end), = prompt.image_spans
+    assert end - start == (64 // 8) ** 2  # 64x64 image, patch 8
+    # Ordinary text never produces the image token.
+    assert IMAGE_TOKEN_ID not in tokenizer("what is the red shape? <empty output>")["input_ids"]
+
+
+def test_ar_equals_hf_generate_and_speculation_is_lossless_on_the_real_language_model():
+    loaded, adapter = loaded_testbed()
+    sample = easyvqa_samples()[1]
+    prompt = adapter.build_prompt(sample.messages, sample.images)
+    ar = decode(adapter, prompt, None, 16, SamplingConfig())
+    hf = loaded.model.generate(**prompt.model_inputs, max_new_tokens=16, do_sample=False)
+    assert ar.new_ids == hf[0, prompt.input_ids.shape[0]:].tolist()
+    oracle = decode(adapter, prompt, OracleProposer(ar.new_ids, 4, False, adapter.vocab_size), 16, SamplingConfig())
+    assert oracle.new_ids == ar.new_ids and max(oracle.accepted_lengths) == 5
+
+
+def test_testbed_without_built_weights_says_how_to_get_them():
+    with pytest.raises(testbed_module.TestbedError, match="testbed build"):
+        load_model("testbed", torch.float32, "cpu")

