@@ -33,3 +33,19 @@ def test_summary_matches_hand_computed_values():
     assert oracle["accuracy"] == 0.5
     assert oracle["new_tokens"] == 10 + 5
     assert math.isclose(oracle["tokens_per_s"], 15 / 5.0)
+
+
+def test_bf16_divergences_are_counted_with_their_dtype_ties():
+    records = [
+        _record("a", "ar", [1] * 4, 0.1, 1.0),
+        _record("a", "spec", [2, 2], 0.1, 0.5, match=False),
+        _record("b", "ar", [1] * 4, 0.1, 1.0),
+        _record("b", "spec", [2, 2], 0.1, 0.5, match=False),
+    ]
+    records[1]["equivalence"].update(dtype_tie=True, margin_ulps=1.0)
+    records[3]["equivalence"].update(dtype_tie=False, margin_ulps=9.0)
+    manifest = {"run_id": "x", "config": {"model": "m", "suite": "s", "dtype": "bfloat16",
+                                          "methods": [{"name": "ar"}, {"name": "spec"}]},
+                "environment": {"device_name": "cpu"}}
+    spec = summarize(records, manifest)["methods"]["spec"]
+    assert spec["num_divergences"] == 2 and spec["num_dtype_ties"] == 1 and spec["exact_match_rate"] == 0.0

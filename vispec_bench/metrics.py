@@ -75,6 +75,7 @@ def summarize_method(records: list[dict], ar_by_key: dict[tuple, dict]) -> dict:
     scores = [r["score"] for r in records if r.get("score") is not None]
     matches = [r["equivalence"]["exact_match"] for r in records]
     ties = [r for r in records if not r["equivalence"]["exact_match"] and r["equivalence"].get("numerical_tie")]
+    dtype_ties = [r for r in records if not r["equivalence"]["exact_match"] and r["equivalence"].get("dtype_tie")]
     return {
         "num_samples": len({r["sample_id"] for r in records}),
         "num_records": len(records),
@@ -88,6 +89,8 @@ def summarize_method(records: list[dict], ar_by_key: dict[tuple, dict]) -> dict:
         "tokens_per_s": sum(r["num_new_tokens"] for r in records) / total_time if total_time > 0 else float("nan"),
         "exact_match_rate": sum(matches) / len(matches) if matches else float("nan"),
         "num_numerical_ties": len(ties),
+        "num_divergences": len(matches) - sum(matches),
+        "num_dtype_ties": len(dtype_ties),  # divergences within 2 ULPs of the run's dtype
         "accuracy": sum(scores) / len(scores) if scores else None,
         "lossless": all(r.get("lossless", True) for r in records),
         "num_repeats": len(per_repeat),

@@ -9,6 +9,7 @@ decodes the first sample once, untimed (warm-up: allocator, kernels, caches).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 import time
@@ -33,6 +34,9 @@ from .suite import make_suite, sample_ids_hash
 # Below this top-1/top-2 logit margin, a float32 divergence is a numerical tie between
 # differently shaped matmuls (DESIGN.md "Output equivalence"), counted and reported as such.
 NUMERICAL_TIE_MARGIN = 1e-4
+# In bf16/fp16 the logits themselves are rounded to a few ULPs: a divergence whose margin is
+# within this many ULPs of the run's dtype (at the top logit's magnitude) is a dtype near-tie.
+DTYPE_TIE_ULPS = 2
 
 
 def command_line() -> str:
@@ -54,13 +58,15 @@ def _method_list(names: list[str]) -> list[str]:
 
 
 def equivalence(method_ids: list[int], ar_ids: list[int], margin_at) -> dict:
-    """Exact match against AR, and at the first divergence the target's top-1/top-2 margin."""
+    """Exact match against AR, and at the first divergence the target's top-1/top-2 margin,
+    absolute and in ULPs of the run's dtype (`margin_at(position)` -> (margin, margin_ulps))."""
     if method_ids == ar_ids:
         return {"exact_match": True, "first_divergence": None, "margin": None, "numerical_tie": False}
     first = next((i for i, (a, b) in enumerate(zip(method_ids, ar_ids)) if a != b), min(len(method_ids), len(ar_ids)))
-    margin = margin_at(first)
-    return {"exact_match": False, "first_divergence": first, "margin": margin,
+    margin, margin_ulps = margin_at(first)
+    return {"exact_match": False, "first_divergence": first, "margin": margin, "margin_ulps": margin_ulps,
             "numerical_tie": margin is not None and margin < NUMERICAL_TIE_MARGIN,
+            "dtype_tie": margin_ulps is not None and margin_ulps <= DTYPE_TIE_ULPS,
             "method_token": method_ids[first] if first < len(method_ids) else None,
             "ar_token": ar_ids[first] if first < len(ar_ids) else None}
 
@@ -226,8 +232,12 @@ class Runner:
         }
 
     @staticmethod
-    def _margin(adapter, prompt, ar_ids: list[int], position: int) -> float | None:
-        """Target's top-1 minus top-2 logit after the prompt and AR's first `position` ids (untimed)."""
+    def _margin(adapter, prompt, ar_ids: list[int], position: int) -> tuple[float, float]:
+        """Target's top-1 minus top-2 logit after the prompt and AR's first `position` ids (untimed),
+        and the same in ULPs of the model's dtype at the top-1 logit's magnitude."""
         logits = adapter.teacher_forced_logits(prompt, ar_ids[:position])[position]
         top2 = torch.topk(logits.float(), 2).values
-        return float(top2[0] - top2[1])
+        margin = float(top2[0] - top2[1])
+        magnitude = max(abs(float(top2[0])), torch.finfo(adapter.dtype).tiny)
+        ulp = torch.finfo(adapter.dtype).eps * 2.0 ** math.floor(math.log2(magnitude))
+        return margin, margin / ulp
