@@ -24,8 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vispec_bench.checkpoints import check_target, load_draft, load_matching, target_signature
-from vispec_bench.method import Method
+from vispec_bench.method import DraftMethod
 from vispec_bench.proposer import Proposer
 from vispec_bench.tree import DraftTree
 
@@ -217,13 +216,12 @@ class Eagle2Proposer(Proposer):
         return DraftTree(torch.tensor([tokens[n - 1] for n in kept]), [index[parents[n - 1]] for n in kept])
 
 
-class Eagle2(Method):
+class Eagle2(DraftMethod):
     name = "eagle2"
     Options = Eagle2Options
     draft_class = EagleDraft
     proposer_class = Eagle2Proposer
-    ignored_checkpoint_keys: tuple[str, ...] = ("embed_tokens.",)  # published drafts may carry a copy
-    compatible_checkpoints: tuple[str, ...] = ()  # other methods whose drafts this one can load
+    ignored_checkpoint_keys = ("embed_tokens.",)  # published drafts may carry a copy
 
     def build_draft(self, adapter) -> nn.Module:
         return self.draft_class(adapter.text_config)
@@ -233,30 +231,13 @@ class Eagle2(Method):
         if opts.depth < 1 or opts.top_k < 1 or opts.total_token < 1:
             raise ValueError(f"{self.name}: depth, top_k and total_token must be >= 1, got "
                              f"{opts.depth}, {opts.top_k}, {opts.total_token}")
-        if not opts.draft:
-            raise ValueError(f"{self.name} needs a draft: --method-args {self.name}.draft=CHECKPOINT_DIR "
-                             f"(see `python -m vispec_bench train`) or {self.name}.draft=random for a smoke test")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(opts.seed)
-            draft = self.build_draft(adapter)
-        if opts.draft != "random":
-            checkpoint = load_draft(opts.draft)
-            check_target(checkpoint, adapter, self.name, self.compatible_checkpoints)
-            self.load_checkpoint(draft, checkpoint, source=opts.draft)
-        self.draft = draft.to(device=adapter.device, dtype=adapter.dtype).eval()
-
-    def load_checkpoint(self, draft, checkpoint, source: str) -> None:
-        load_matching(draft, checkpoint.state_dict, f"{self.name} checkpoint {source}",
-                      ignore_prefixes=self.ignored_checkpoint_keys)
+        self.draft = self.load_draft_network(adapter)
 
     def make_proposer(self, adapter, context):
         return self.proposer_class(self.draft, adapter, self.options)
 
     def make_trainer(self, draft: nn.Module, lm_head: nn.Module):
         return EagleTrainer(draft, lm_head, self.options)
-
-    def checkpoint_config(self, adapter) -> dict:
-        return {"method": self.name, "options": vars(self.options).copy(), "target": target_signature(adapter)}
 
 
 class EagleTrainer:

@@ -28,8 +28,7 @@ import torch
 from torch import nn
 
 from vispec_bench.acceptance import accept_typical
-from vispec_bench.checkpoints import check_target, load_draft, load_matching, target_signature
-from vispec_bench.method import Method
+from vispec_bench.method import DraftMethod
 from vispec_bench.proposer import Proposer
 from vispec_bench.tree import DraftTree
 
@@ -127,10 +126,9 @@ class MedusaProposer(Proposer):
         return DraftTree(candidates[self.depth_of, self.rank_of], list(self.parents))
 
 
-class Medusa(Method):
+class Medusa(DraftMethod):
     name = "medusa"
     Options = MedusaOptions
-    compatible_checkpoints: tuple[str, ...] = ()
 
     def is_lossless(self) -> bool:
         return not self.options.typical
@@ -151,34 +149,19 @@ class Medusa(Method):
         return MedusaHeads(adapter.hidden_size, adapter.vocab_size, self.options.num_heads,
                            self.options.share_lm_head, adapter.lm_head)
 
-    def prepare(self, adapter):
-        if not self.options.draft:
-            raise ValueError("medusa needs heads: --method-args medusa.draft=CHECKPOINT_DIR "
-                             "(see `python -m vispec_bench train`) or medusa.draft=random for a smoke test")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.options.seed)
-            heads = self.build_draft(adapter)
-            if self.options.draft == "random":  # zero-init heads would all copy the lm_head: perturb them
-                for block in heads.blocks:
-                    nn.init.normal_(block.linear.weight, std=0.05)
-        if self.options.draft != "random":
-            checkpoint = load_draft(self.options.draft)
-            check_target(checkpoint, adapter, self.name)
-            self.load_checkpoint(heads, checkpoint, source=self.options.draft)
-        self.heads = heads.to(device=adapter.device, dtype=adapter.dtype).eval()
-        self.paths = self.tree_paths()
+    def randomize(self, heads) -> None:
+        for block in heads.blocks:  # zero-init heads would all copy the lm_head: perturb them
+            nn.init.normal_(block.linear.weight, std=0.05)
 
-    def load_checkpoint(self, heads, checkpoint, source: str) -> None:
-        load_matching(heads, checkpoint.state_dict, f"medusa checkpoint {source}")
+    def prepare(self, adapter):
+        self.heads = self.load_draft_network(adapter)
+        self.paths = self.tree_paths()
 
     def make_proposer(self, adapter, context):
         return MedusaProposer(self.heads, adapter, self.paths, self.options)
 
     def make_trainer(self, draft: nn.Module, lm_head: nn.Module):
         return MedusaTrainer(draft, lm_head)
-
-    def checkpoint_config(self, adapter) -> dict:
-        return {"method": self.name, "options": vars(self.options).copy(), "target": target_signature(adapter)}
 
 
 class MedusaTrainer:

@@ -13,6 +13,8 @@ import json
 import typing
 from dataclasses import dataclass
 
+import torch
+
 from .adapter import TargetAdapter
 from .proposer import Proposer
 
@@ -48,6 +50,57 @@ class Method:
         """Identifies the method's code path and options: records with different hashes are not comparable."""
         blob = json.dumps(self.describe(), sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
+
+
+class DraftMethod(Method):
+    """A method with a trainable draft network (EAGLE-2, Medusa, ViSpec).
+
+    Its options carry `draft` (a checkpoint directory, or "random" for a seeded random draft)
+    and `seed`. Loading checks the checkpoint against the target (hidden size, vocabulary) and
+    the method; `compatible_checkpoints` names other methods whose drafts this one accepts.
+    """
+
+    ignored_checkpoint_keys: tuple[str, ...] = ()  # keys a checkpoint may carry that the draft does not use
+    compatible_checkpoints: tuple[str, ...] = ()
+
+    def build_draft(self, adapter):
+        raise NotImplementedError
+
+    def randomize(self, draft) -> None:
+        """Hook for draft=random, after the seeded build (inside the same RNG fork)."""
+
+    def make_trainer(self, draft, lm_head):
+        raise NotImplementedError
+
+    def load_draft_network(self, adapter):
+        """The draft the options ask for, on the target's device and dtype, in eval mode."""
+        from .checkpoints import check_target, load_draft
+
+        source = self.options.draft
+        if not source:
+            raise ValueError(f"{self.name} needs a draft: --method-args {self.name}.draft=CHECKPOINT_DIR "
+                             f"(see `python -m vispec_bench train`) or {self.name}.draft=random for a smoke test")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.options.seed)
+            draft = self.build_draft(adapter)
+            if source == "random":
+                self.randomize(draft)
+        if source != "random":
+            checkpoint = load_draft(source)
+            check_target(checkpoint, adapter, self.name, self.compatible_checkpoints)
+            self.load_checkpoint(draft, checkpoint, source=source)
+        return draft.to(device=adapter.device, dtype=adapter.dtype).eval()
+
+    def load_checkpoint(self, draft, checkpoint, source: str) -> None:
+        from .checkpoints import load_matching
+
+        load_matching(draft, checkpoint.state_dict, f"{self.name} checkpoint {source}",
+                      ignore_prefixes=self.ignored_checkpoint_keys)
+
+    def checkpoint_config(self, adapter) -> dict:
+        from .checkpoints import target_signature
+
+        return {"method": self.name, "options": vars(self.options).copy(), "target": target_signature(adapter)}
 
 
 @dataclass

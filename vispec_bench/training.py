@@ -30,7 +30,8 @@ from torch import nn
 from .adapter import make_adapter
 from .checkpoints import check_target, load_draft, save_draft
 from .datagen import load_training_rows
-from .method import build_method, parse_method_args
+from .records import append_jsonl
+from .method import DraftMethod, build_method, parse_method_args
 from .models import load_model, resolve_device, resolve_dtype
 from .registry import METHODS
 
@@ -163,7 +164,7 @@ def train(config: TrainConfig, progress: bool = True, log=print) -> Path:
     torch.manual_seed(config.seed)  # the same initial draft on every process
     raw_args = parse_method_args(config.method_args, [config.method]).get(config.method, {})
     method = build_method(METHODS.load(config.method), config.method, raw_args)
-    if not hasattr(method, "make_trainer"):
+    if not isinstance(method, DraftMethod):
         raise ValueError(f"method {config.method!r} has no draft to train")
     loaded = load_model(config.model, dtype, device, seed=config.seed)
     adapter = make_adapter(loaded.model, loaded.processor)
@@ -217,8 +218,7 @@ def train(config: TrainConfig, progress: bool = True, log=print) -> Path:
                     "torch_rng": torch.get_rng_state()}, state_path)
 
     def write_log(entry: dict) -> None:
-        with open(out / LOG, "a") as handle:
-            handle.write(json.dumps(entry) + "\n")
+        append_jsonl(out / LOG, entry)
 
     def evaluate_on_main() -> dict:
         result = {}
