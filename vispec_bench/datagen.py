@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from .acceptance import SamplingConfig
 from .adapter import make_adapter
 from .engine import decode
 from .models import load_model, resolve_device, resolve_dtype
-from .records import load_records
+from .records import append_jsonl, load_records
 from .suite import make_suite
 
 
@@ -92,10 +91,7 @@ def generate_data(config: GenDataConfig, out: str | Path, progress: bool = True)
         row = {"sample_id": sample.sample_id, "method": "target", "messages": messages,
                "answer_ids": result.new_ids, "answer_text": adapter.tokenizer.decode(result.new_ids, skip_special_tokens=True),
                "stop_reason": result.stop_reason}
-        with open(rows_path, "a") as handle:
-            handle.write(json.dumps(row) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_jsonl(rows_path, row)
     return build_dataset(out, samples)
 
 

@@ -50,9 +50,18 @@ def energy_per_token(records: list[dict]) -> float | None:
     return sum(e["joules"] for e in measured) / sum(r["num_new_tokens"] for r in records)
 
 
-def _speedup(pairs: list[tuple[dict, dict]], field: str) -> float:
-    ar = sum(a[field] for a, _ in pairs)
-    method = sum(r[field] for _, r in pairs)
+def decode_time(record: dict) -> float:
+    return record["decode_s"]
+
+
+def e2e_time(record: dict) -> float:
+    return record["prefill_s"] + record["decode_s"]
+
+
+def _speedup(pairs: list[tuple[dict, dict]], time_of) -> float:
+    """Sum of AR times / sum of method times over (AR record, method record) pairs."""
+    ar = sum(time_of(a) for a, _ in pairs)
+    method = sum(time_of(r) for _, r in pairs)
     return ar / method if method > 0 else float("nan")
 
 
@@ -61,17 +70,13 @@ def summarize_method(records: list[dict], ar_by_key: dict[tuple, dict]) -> dict:
     emitted_in_rounds = sum(sum(r["accepted_lengths"]) for r in records)
     tau = emitted_in_rounds / rounds if rounds else float("nan")
     paired = [(ar_by_key[_key(r)], r) for r in records if _key(r) in ar_by_key]
-    ar_decode = sum(a["decode_s"] for a, _ in paired)
-    method_decode = sum(r["decode_s"] for _, r in paired)
-    ar_e2e = sum(a["prefill_s"] + a["decode_s"] for a, _ in paired)
-    method_e2e = sum(r["prefill_s"] + r["decode_s"] for _, r in paired)
     by_repeat = defaultdict(list)
     for pair in paired:
         by_repeat[pair[1].get("repeat", 0)].append(pair)
-    per_repeat = [_speedup(p, "decode_s") for _, p in sorted(by_repeat.items())]
+    per_repeat = [_speedup(p, decode_time) for _, p in sorted(by_repeat.items())]
     ratios = [a["decode_s"] / r["decode_s"] for a, r in paired if r["decode_s"] > 0 and a["decode_s"] > 0]
     new_tokens = sum(r["num_new_tokens"] for r in records if r.get("repeat", 0) == 0)  # one pass over the samples
-    total_time = sum(r["prefill_s"] + r["decode_s"] for r in records)
+    total_time = sum(map(e2e_time, records))
     scores = [r["score"] for r in records if r.get("score") is not None]
     matches = [r["equivalence"]["exact_match"] for r in records]
     ties = [r for r in records if not r["equivalence"]["exact_match"] and r["equivalence"].get("numerical_tie")]
@@ -83,8 +88,8 @@ def summarize_method(records: list[dict], ar_by_key: dict[tuple, dict]) -> dict:
         "num_rounds": rounds,
         "mean_accepted_length": tau,
         "mean_accepted_length_excl_bonus": tau - 1,
-        "speedup_decode": ar_decode / method_decode if method_decode > 0 else float("nan"),
-        "speedup_e2e": ar_e2e / method_e2e if method_e2e > 0 else float("nan"),
+        "speedup_decode": _speedup(paired, decode_time),
+        "speedup_e2e": _speedup(paired, e2e_time),
         "speedup_decode_geomean": math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else float("nan"),
         "tokens_per_s": sum(r["num_new_tokens"] for r in records) / total_time if total_time > 0 else float("nan"),
         "exact_match_rate": sum(matches) / len(matches) if matches else float("nan"),

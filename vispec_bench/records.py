@@ -31,6 +31,18 @@ def write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def append_jsonl(path: Path, record: dict) -> None:
+    """Append one JSON line with a single write, then fsync: a kill leaves at most one partial
+    last line, which load_records reports by its line number."""
+    line = (json.dumps(record, default=str) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def read_json(path: Path) -> dict:
     try:
         return json.loads(Path(path).read_text())
@@ -103,13 +115,7 @@ class RunStore:
         return [record for path in self.record_files() for record in load_records(path)]
 
     def append(self, record: dict) -> None:
-        line = (json.dumps(record, default=str) + "\n").encode()
-        fd = os.open(self.records_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line)  # one write per record: a kill leaves at most one partial last line
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        append_jsonl(self.records_path, record)
 
     def write_summary(self, summary: dict) -> None:
         write_json_atomic(self.run_dir / SUMMARY, summary)

@@ -93,9 +93,10 @@ class Runner:
         if config.repeats < 1:
             raise ValueError(f"--repeats must be >= 1, got {config.repeats}")
         self.monitor = GpuMonitor(self.device)
+        self.device_name = environment.device_name(self.device)
         resolved = self.resolved_config()
         shard = f"rank{self.dist.rank}" if self.dist.enabled else None
-        rank_devices = self.dist.gather(environment.device_name(self.device))
+        rank_devices = self.dist.gather(self.device_name)
         if resume is not None:
             self.store = RunStore.resume(resume, resolved, shard)
             return
@@ -198,11 +199,9 @@ class Runner:
             breakdown = timer.totals()
         text = adapter.tokenizer.decode(result.new_ids, skip_special_tokens=True)
         if method.name == "ar" and repeat == 0:
-            ar_ids[sample.sample_id] = result.new_ids
-            match = {"exact_match": True, "first_divergence": None, "margin": None, "numerical_tie": False}
-        else:
-            match = equivalence(result.new_ids, ar_ids[sample.sample_id],
-                                lambda position: self._margin(adapter, prompt, ar_ids[sample.sample_id], position))
+            ar_ids[sample.sample_id] = result.new_ids  # the reference: it matches itself below
+        match = equivalence(result.new_ids, ar_ids[sample.sample_id],
+                            lambda position: self._margin(adapter, prompt, ar_ids[sample.sample_id], position))
         return {
             "sample_id": sample.sample_id,
             "sample_index": index,
@@ -211,7 +210,7 @@ class Runner:
             "lossless": method.is_lossless(),
             "repeat": repeat,
             "rank": self.dist.rank,
-            "device": environment.device_name(self.device),
+            "device": self.device_name,
             "prompt_tokens": int(prompt.input_ids.shape[0]),
             "num_images": prompt.num_images,
             "new_ids": result.new_ids,
