@@ -24,7 +24,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from vispec_bench.draft_vocab import head_weight, to_vocab, token_map_of
+from vispec_bench import tree_sizing
 from vispec_bench.method import DraftMethod
+from vispec_bench.tree_sizing import TreeSettings
 from vispec_bench.proposer import Proposer
 from vispec_bench.tree import DraftTree
 
@@ -83,6 +86,7 @@ class EagleDraft(nn.Module):
         self.layers = nn.ModuleList([layer_class(config, layer_idx=0)])
         self.layers[0].input_layernorm = nn.Identity()  # EAGLE: the fc output enters attention un-normed
         self.rotary_emb = rotary_class(config=config)
+        self.register_buffer("token_map", None)  # reduced draft vocabulary (vispec_bench.draft_vocab), if fitted
 
     def fuse(self, features: torch.Tensor, token_embeds: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.cat([token_embeds, features], dim=-1))
@@ -109,19 +113,25 @@ def causal_visible(num_new: int, num_past: int, device) -> torch.Tensor:
 @dataclass
 class Eagle2Options:
     draft: str = ""  # a checkpoint directory (ours or the EAGLE authors' layout), or "random" (seeded init)
-    depth: int = 3  # tree levels (VLM papers 3; LLM papers 5)
-    top_k: int = 8  # children per expanded node and nodes expanded per level (VLM 8; LLM 10)
-    total_token: int = 30  # draft nodes verified per round, root excluded (VLM 30; LLM 60)
+    # Tree (vispec_bench.tree_sizing): 0 = the device's default (cuda 5/8/60, cpu 5/4/10);
+    # total_token=-1 sizes the tree from forward costs measured at start-up. Papers: VLM 3/8/30, LLM 5/10/60.
+    depth: int = 0  # tree levels
+    top_k: int = 0  # children per expanded node and nodes expanded per level
+    total_token: int = 0  # draft nodes verified per round, root excluded
     seed: int = 0  # for draft=random
     noise: float = 0.2  # training: uniform feature noise width, (U - 0.5) * noise
     mtp_steps: int = 0  # training: extra passes that feed the draft its own predicted features
+    vocab: int = 0  # training: draft vocabulary size (0 = the target's); a checkpoint brings its own map
 
 
 class Eagle2Proposer(Proposer):
-    def __init__(self, draft: EagleDraft, adapter, options: Eagle2Options):
+    def __init__(self, draft: EagleDraft, adapter, options: Eagle2Options, draft_head: torch.Tensor,
+                 tree: TreeSettings):
         self.draft = draft
+        self.tree = tree
         self.embed = adapter.embed_tokens
-        self.lm_head = adapter.lm_head
+        self.draft_head = draft_head  # the lm_head rows of the draft vocabulary
+        self.token_map = token_map_of(draft)
         self.device, self.dtype = adapter.device, adapter.dtype
         self.options = options
 
@@ -153,8 +163,11 @@ class Eagle2Proposer(Proposer):
                          additive_mask(visible, self.dtype), self.cache)
         return out[0]  # [n, H]
 
-    def _log_probs(self, hidden):
-        return torch.log_softmax(self.lm_head(hidden).float(), dim=-1)
+    def _top(self, hidden, k: int):
+        """(log-probabilities, target token ids) of the draft's k best tokens, along the last dim."""
+        log_probs = torch.log_softmax(nn.functional.linear(hidden, self.draft_head).float(), dim=-1)
+        top = log_probs.topk(k)
+        return top.values, to_vocab(top.indices, self.token_map)
 
     @torch.no_grad()
     def propose(self, emitted, budget):
@@ -163,7 +176,7 @@ class Eagle2Proposer(Proposer):
         out = self._run(features, token_embeds, positions, causal_visible(len(positions), committed, self.device))
         self.next_position = int(positions[-1]) + 1
         committed = self.cache.get_seq_length()
-        max_depth = min(self.options.depth, budget - 1)
+        max_depth = min(self.tree.depth, budget - 1)
         if max_depth < 1:
             return None
         try:
@@ -174,9 +187,9 @@ class Eagle2Proposer(Proposer):
                 self.cache.crop(-appended)
 
     def _grow_tree(self, root_feature, committed: int, max_depth: int) -> DraftTree:
-        k = self.options.top_k
-        top = self._log_probs(root_feature).topk(k)
-        tokens, parents, scores = top.indices.tolist(), [0] * k, top.values.tolist()
+        k = self.tree.top_k
+        top_values, top_tokens = self._top(root_feature, k)
+        tokens, parents, scores = top_tokens.tolist(), [0] * k, top_values.tolist()
         ancestors = [set() for _ in range(k + 1)]  # node ids (>= 1) above each node; the root is committed
         frontier = list(range(1, k + 1))
         frontier_features = root_feature.expand(k, -1)  # a node's input feature = its parent's draft output
@@ -192,11 +205,11 @@ class Eagle2Proposer(Proposer):
             positions = torch.full((len(frontier),), self.next_position + level - 2, device=self.device)
             out = self._run(frontier_features, self.embed(frontier_tokens), positions, visible.to(self.device))
             appended += frontier
-            top = self._log_probs(out).topk(k)  # [f, k]
-            cumulative = torch.tensor([scores[n - 1] for n in frontier], device=self.device)[:, None] + top.values
+            top_values, top_tokens = self._top(out, k)  # [f, k]
+            cumulative = torch.tensor([scores[n - 1] for n in frontier], device=self.device)[:, None] + top_values
             first_child = len(tokens) + 1
             for row, node in enumerate(frontier):
-                for token in top.indices[row].tolist():
+                for token in top_tokens[row].tolist():
                     tokens.append(token)
                     parents.append(node)
                     ancestors.append(ancestors[node] | {node})
@@ -208,7 +221,7 @@ class Eagle2Proposer(Proposer):
 
     def _select(self, tokens, parents, scores, ancestors) -> DraftTree:
         order = sorted(range(1, len(tokens) + 1), key=lambda n: -scores[n - 1])
-        chosen = set(order[: self.options.total_token])
+        chosen = set(order[: self.tree.total_token])
         for node in list(chosen):
             chosen |= ancestors[node]  # only on score ties: keeps the tree connected
         kept = sorted(chosen)  # creation order: parents before children
@@ -228,13 +241,34 @@ class Eagle2(DraftMethod):
 
     def prepare(self, adapter):
         opts = self.options
-        if opts.depth < 1 or opts.top_k < 1 or opts.total_token < 1:
-            raise ValueError(f"{self.name}: depth, top_k and total_token must be >= 1, got "
-                             f"{opts.depth}, {opts.top_k}, {opts.total_token}")
+        if opts.depth < 0 or opts.top_k < 0 or opts.total_token < -1:
+            raise ValueError(f"{self.name}: depth and top_k must be >= 1 (0 = device default) and total_token "
+                             f">= 1 (0 = device default, -1 = auto); got {opts.depth}, {opts.top_k}, {opts.total_token}")
         self.draft = self.load_draft_network(adapter)
+        self.draft_head = head_weight(adapter.lm_head.weight, token_map_of(self.draft))
+        self.tree, self.tree_choice = tree_sizing.resolve(opts.depth, opts.top_k, opts.total_token, adapter.device,
+                                                          measure=lambda: self._measure_costs(adapter))
+
+    def _measure_costs(self, adapter):
+        """(target verify costs, seconds per draft level) for total_token=-1."""
+        k = self.options.top_k or tree_sizing.DEVICE_DEFAULTS[tree_sizing.device_kind(adapter.device)].top_k
+        x = torch.zeros(1, k, adapter.hidden_size, device=adapter.device, dtype=adapter.dtype)
+        positions = torch.arange(k, device=adapter.device)[None]
+        mask = additive_mask(causal_visible(k, 0, adapter.device), adapter.dtype)
+
+        def draft_level():
+            out = self.draft(x, x, positions, mask)
+            nn.functional.linear(out, self.draft_head).float().log_softmax(-1).topk(k)
+
+        with torch.no_grad():
+            level = tree_sizing.median_seconds(draft_level, adapter.device, repeats=5)
+        return tree_sizing.verify_costs(adapter), level
+
+    def runtime_settings(self) -> dict:
+        return self.tree_choice
 
     def make_proposer(self, adapter, context):
-        return self.proposer_class(self.draft, adapter, self.options)
+        return self.proposer_class(self.draft, adapter, self.options, self.draft_head, self.tree)
 
     def make_trainer(self, draft: nn.Module, lm_head: nn.Module):
         return EagleTrainer(draft, lm_head, self.options)
@@ -290,9 +324,10 @@ class EagleTrainer:
                 continue
             target_hidden = features.hidden[targets]
             regression = nn.functional.smooth_l1_loss(predicted.float(), target_hidden.float(), reduction="none").mean(-1)
-            with torch.no_grad():
-                target_probs = torch.softmax(self.lm_head(target_hidden).float(), dim=-1)
-            draft_log_probs = torch.log_softmax(self.lm_head(predicted).float(), dim=-1)
+            weight_rows = head_weight(self.lm_head.weight, token_map_of(self.draft))
+            with torch.no_grad():  # over a reduced vocabulary: the target's distribution renormalised on it (EAGLE-3)
+                target_probs = torch.softmax(nn.functional.linear(target_hidden, weight_rows).float(), dim=-1)
+            draft_log_probs = torch.log_softmax(nn.functional.linear(predicted, weight_rows).float(), dim=-1)
             soft_ce = -(target_probs * draft_log_probs).sum(-1)
             step_loss = ((1.0 * regression + 0.1 * soft_ce) * weight).sum() / weight.sum()
             total = total + step_loss
@@ -305,7 +340,9 @@ class EagleTrainer:
         result = {}
         for step, (predicted, targets) in enumerate(self.passes(features, max_depth)):
             mask = features.loss_mask[targets]
-            draft_top = self.lm_head(predicted[mask]).argmax(-1)
+            token_map = token_map_of(self.draft)
+            draft_top = to_vocab(nn.functional.linear(predicted[mask], head_weight(self.lm_head.weight, token_map))
+                                 .argmax(-1), token_map)
             target_top = self.lm_head(features.hidden[targets][mask]).argmax(-1)
             result[f"depth{step + 1}"] = (int((draft_top == target_top).sum()), int(mask.sum()))
         return result

@@ -19,6 +19,7 @@ distributed as the target's — and every record and report says so.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import heapq
 import json
@@ -27,10 +28,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from vispec_bench import tree_sizing
 from vispec_bench.acceptance import accept_typical
+from vispec_bench.draft_vocab import head_weight, to_draft, to_vocab, token_map_of
 from vispec_bench.method import DraftMethod
 from vispec_bench.proposer import Proposer
 from vispec_bench.tree import DraftTree
+
+
+MEDUSA_DEVICE_NODES = {"cuda": 63, "cpu": 10}  # default tree sizes (tree_nodes=0); see vispec_bench.tree_sizing
 
 
 class ResBlock(nn.Module):
@@ -49,6 +55,7 @@ class MedusaHeads(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList([ResBlock(hidden) for _ in range(num_heads)])
         self.share_lm_head = share_lm_head
+        self.register_buffer("token_map", None)  # reduced draft vocabulary (shared lm_head only), if fitted
         self.projections = None
         if not share_lm_head:
             self.projections = nn.ModuleList([nn.Linear(hidden, vocab, bias=False) for _ in range(num_heads)])
@@ -56,12 +63,13 @@ class MedusaHeads(nn.Module):
                 for projection in self.projections:
                     projection.weight.data.copy_(lm_head.weight.data)
 
-    def forward(self, hidden: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
-        """hidden [..., H] -> logits [K, ..., V]."""
+    def forward(self, hidden: torch.Tensor, lm_head_weight: torch.Tensor) -> torch.Tensor:
+        """hidden [..., H] -> logits [K, ..., V] (V = the draft vocabulary; `lm_head_weight` is already
+        reduced to it when a token map is set)."""
         outs = []
         for i, block in enumerate(self.blocks):
-            projection = lm_head if self.share_lm_head else self.projections[i]
-            outs.append(projection(block(hidden)))
+            weight = lm_head_weight if self.share_lm_head else self.projections[i].weight
+            outs.append(nn.functional.linear(block(hidden), weight))
         return torch.stack(outs)
 
 
@@ -90,10 +98,11 @@ def default_tree(num_heads: int, num_nodes: int, top_k: int) -> list[tuple[int, 
 class MedusaOptions:
     draft: str = ""  # checkpoint directory, or "random" (zero-init ResBlocks + seeded noise)
     num_heads: int = 5
-    tree_nodes: int = 63  # size of the default tree (draft nodes, root excluded)
+    tree_nodes: int = 0  # default tree size, root excluded: 0 = device default (cuda 63, cpu 10), -1 = auto
     tree_top_k: int = 10  # ranks per head the default tree may use
     tree: str = ""  # optional JSON file: a list of rank paths, e.g. [[0], [1], [0, 0], ...]
     share_lm_head: bool = True
+    vocab: int = 0  # training: draft vocabulary size (0 = the target's; needs share_lm_head); a checkpoint brings its own map
     typical: bool = False  # typical acceptance: LOSSY
     typical_epsilon: float = 0.09  # posterior threshold
     typical_delta: float = 0.3  # entropy-scaled threshold (alpha in the reference code)
@@ -101,8 +110,9 @@ class MedusaOptions:
 
 
 class MedusaProposer(Proposer):
-    def __init__(self, heads: MedusaHeads, adapter, paths: list[tuple[int, ...]], options: MedusaOptions):
-        self.heads, self.lm_head, self.device = heads, adapter.lm_head, adapter.device
+    def __init__(self, heads: MedusaHeads, adapter, paths: list[tuple[int, ...]], options: MedusaOptions,
+                 draft_head: torch.Tensor):
+        self.heads, self.draft_head, self.device = heads, draft_head, adapter.device
         self.paths = paths
         index = {path: i for i, path in enumerate(paths, start=1)}
         self.parents = [index.get(path[:-1], 0) for path in paths]
@@ -121,8 +131,8 @@ class MedusaProposer(Proposer):
 
     @torch.no_grad()
     def propose(self, emitted, budget):
-        logits = self.heads(self.last_hidden, self.lm_head)  # [K, V]
-        candidates = logits.topk(self.max_rank, dim=-1).indices  # [K, max_rank]
+        logits = self.heads(self.last_hidden, self.draft_head)  # [K, V]
+        candidates = to_vocab(logits.topk(self.max_rank, dim=-1).indices, token_map_of(self.heads))  # [K, max_rank]
         return DraftTree(candidates[self.depth_of, self.rank_of], list(self.parents))
 
 
@@ -155,10 +165,47 @@ class Medusa(DraftMethod):
 
     def prepare(self, adapter):
         self.heads = self.load_draft_network(adapter)
-        self.paths = self.tree_paths()
+        self.draft_head = head_weight(adapter.lm_head.weight, token_map_of(self.heads))
+        self.paths, self.tree_choice = self._sized_tree(adapter)
+
+    def _sized_tree(self, adapter) -> tuple[list[tuple[int, ...]], dict]:
+        """The tree paths and how their number was chosen (see vispec_bench.tree_sizing)."""
+        opts = self.options
+        kind = tree_sizing.device_kind(adapter.device)
+        how = {"device_kind": kind}
+        if opts.tree:
+            how["choice"] = "file"
+        elif opts.tree_nodes == -1:
+            hidden = torch.zeros(adapter.hidden_size, device=adapter.device, dtype=adapter.dtype)
+            with torch.no_grad():
+                heads_s = tree_sizing.median_seconds(lambda: self.heads(hidden, self.draft_head).topk(opts.tree_top_k),
+                                                     adapter.device, repeats=5)
+            costs = tree_sizing.verify_costs(adapter)
+            nodes, rates = tree_sizing.choose_total_token(costs, heads_s, depth=1)
+            how.update(choice="auto", verify_costs_ms={n: round(1000 * c, 3) for n, c in costs.items()},
+                       heads_ms=round(1000 * heads_s, 3), expected_tokens_per_s={n: round(r, 2) for n, r in rates.items()})
+            self.options = dataclasses.replace(opts, tree_nodes=nodes)
+        elif opts.tree_nodes == 0:
+            how["choice"] = "device default"
+            self.options = dataclasses.replace(opts, tree_nodes=MEDUSA_DEVICE_NODES[kind])
+        elif opts.tree_nodes < -1:
+            raise ValueError(f"medusa.tree_nodes must be >= 1, 0 (device default) or -1 (auto), got {opts.tree_nodes}")
+        else:
+            how["choice"] = "given"
+        paths = self.tree_paths()
+        self.options = opts  # the options (and the run's config hash) stay as the user gave them
+        return paths, {**how, "tree_nodes": len(paths), "num_heads": opts.num_heads}
+
+    def runtime_settings(self) -> dict:
+        return self.tree_choice
+
+    def fit_to_data(self, draft, answer_rows, adapter) -> None:
+        if self.options.vocab and not self.options.share_lm_head:
+            raise ValueError("medusa.vocab (a reduced draft vocabulary) needs share_lm_head=true")
+        super().fit_to_data(draft, answer_rows, adapter)
 
     def make_proposer(self, adapter, context):
-        return MedusaProposer(self.heads, adapter, self.paths, self.options)
+        return MedusaProposer(self.heads, adapter, self.paths, self.options, self.draft_head)
 
     def make_trainer(self, draft: nn.Module, lm_head: nn.Module):
         return MedusaTrainer(draft, lm_head)
@@ -171,8 +218,11 @@ class MedusaTrainer:
         self.heads, self.lm_head = heads, lm_head  # the target's lm_head, frozen
 
     def _per_head(self, features):
+        """Per head: (logits over the draft vocabulary, label indices in it; -1 = outside the token map)."""
         ids, hidden, mask = features.input_ids, features.hidden, features.loss_mask
-        logits = self.heads(hidden, self.lm_head)  # [K, T, V]
+        token_map = token_map_of(self.heads)
+        logits = self.heads(hidden, head_weight(self.lm_head.weight, token_map))  # [K, T, V]
+        ids = to_draft(ids, token_map, self.lm_head.weight.shape[0])
         for head in range(logits.shape[0]):
             offset = head + 2
             if ids.shape[0] <= offset:
@@ -184,9 +234,9 @@ class MedusaTrainer:
     def loss(self, features):
         total, logs = 0.0, {}
         for head, logits, labels in self._per_head(features):
-            if labels.numel() == 0:
+            if int((labels >= 0).sum()) == 0:  # nothing to learn, or every label outside the token map
                 continue
-            head_loss = nn.functional.cross_entropy(logits.float(), labels)
+            head_loss = nn.functional.cross_entropy(logits.float(), labels, ignore_index=-1)
             # The reference weights head i by 0.8^i: near heads matter most for acceptance.
             total = total + 0.8 ** head * head_loss
             logs[f"loss_head{head}"] = float(head_loss.detach())

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from vispec_bench.checkpoints import DraftCheckpointError, load_matching
+from vispec_bench.draft_vocab import BUFFER, set_token_map
 from methods.eagle2 import Eagle2, Eagle2Options, Eagle2Proposer, EagleDraft, EagleTrainer
 
 
@@ -201,6 +202,7 @@ class ViSpec(Eagle2):
 
     def load_checkpoint(self, draft, checkpoint, source: str) -> None:
         state = map_published_keys(checkpoint.state_dict)
+        set_token_map(draft, state.get(BUFFER))  # the checkpoint's reduced vocabulary, if any
         if checkpoint.config.get("method") == "eagle2" or not any(k.startswith("imadpt.") for k in state):
             # Stage-2 start from an EAGLE-2 draft: its fc and layer; img_fc stays [I | 0], the adaptor fresh.
             own = draft.state_dict()

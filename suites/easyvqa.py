@@ -34,6 +34,13 @@ class EasyVQA(Suite):
             self.questions, self.answers, self.image_ids = easy_vqa.get_train_questions()
             self.image_paths = easy_vqa.get_train_image_paths()
 
+        self._labels = None
+
+    def labels(self) -> dict[int, dict[str, str]]:
+        if self._labels is None:
+            self._labels = image_labels(self.split)
+        return self._labels
+
     def num_candidates(self) -> int:
         return len(self.questions)
 
@@ -50,7 +57,8 @@ class EasyVQA(Suite):
         messages = [{"role": "user", "content": [{"type": "image"},
                                                  {"type": "text", "text": self.prompt_text(self.questions[index])}]}]
         return Sample(f"{self.split}-{index}", messages, [image], [self.answers[index]],
-                      {"image_id": int(image_id), "question": self.questions[index]})
+                      {"image_id": int(image_id), "question": self.questions[index],
+                       **self.labels().get(int(image_id), {})})
 
     def score(self, sample: Sample, answer_text: str) -> float:
         words = re.findall(r"[a-z]+", answer_text.lower())
@@ -58,3 +66,52 @@ class EasyVQA(Suite):
         if self.prompt_mode == "short":
             return float(bool(words) and words[0] == gold)
         return float(gold in words)
+
+    def extra_scores(self, sample: Sample, answer_text: str) -> dict[str, float]:
+        """Long mode: does the answer name the image's true shape or colour (the testbed's quality bar)?"""
+        truth = {sample.meta.get("shape"), sample.meta.get("color")} - {None}
+        if self.prompt_mode != "long" or not truth:
+            return {}
+        return {"names_shape_or_color": float(bool(truth & set(re.findall(r"[a-z]+", answer_text.lower()))))}
+
+
+SHAPES = ("circle", "rectangle", "triangle")
+COLORS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
+
+
+def question_facts(question: str, answer: str) -> dict[str, str]:
+    """What one question and its answer say about the image: {"shape": ..., "color": ...} (either may be absent).
+
+    easy-VQA draws one shape of one colour per image, so "is there not a red shape?" -> "no" says
+    the colour is red, and "what color is the circle?" -> "teal" says both.
+    """
+    words = re.findall(r"[a-z]+", question.lower())
+    facts: dict[str, str] = {}
+    if answer in ("yes", "no"):
+        negated = "not" in words or "no" in words
+        if (answer == "yes") != negated:  # the named attribute is present
+            for word in words:
+                if word in SHAPES:
+                    facts["shape"] = word
+                elif word in COLORS:
+                    facts["color"] = word
+        return facts
+    for word in words:  # an open question names the other attribute, if any
+        if word in SHAPES:
+            facts["shape"] = word
+        elif word in COLORS:
+            facts["color"] = word
+    facts["shape" if answer in SHAPES else "color"] = answer
+    return facts
+
+
+def image_labels(split: str = "train") -> dict[int, dict[str, str]]:
+    """Per image id, the shape and colour its questions reveal (most images reveal both)."""
+    import easy_vqa
+
+    questions, answers, image_ids = (easy_vqa.get_train_questions() if split == "train"
+                                     else easy_vqa.get_test_questions())
+    labels: dict[int, dict[str, str]] = {}
+    for question, answer, image_id in zip(questions, answers, image_ids):
+        labels.setdefault(int(image_id), {}).update(question_facts(question, answer))
+    return labels

@@ -46,6 +46,7 @@ def test_ar_equals_hf_generate_and_speculation_is_lossless_on_the_real_language_
     assert oracle.new_ids == ar.new_ids and max(oracle.accepted_lengths) == 5
 
 
-def test_testbed_without_built_weights_says_how_to_get_them():
+def test_testbed_without_built_weights_says_how_to_get_them(tmp_path, monkeypatch):
+    monkeypatch.setenv(testbed_module.WEIGHTS_ENV, str(tmp_path))  # an install without the weights
     with pytest.raises(testbed_module.TestbedError, match="testbed build"):
         load_model("testbed", torch.float32, "cpu")

@@ -14,6 +14,8 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="registered name (see `list --models`), local checkpoint directory, or hub id")
     parser.add_argument("--methods", default=",".join(defaults["methods"]),
                         help="comma-separated methods; ar always runs as the baseline")
+    parser.add_argument("--ablations", action="store_true",
+                        help="also run ViSpec's ablations (vispec-noadaptor, vispec-noglobal)")
     parser.add_argument("--suite", default=defaults["suite"])
     parser.add_argument("--prompt-mode", choices=["short", "long"], default=defaults["prompt_mode"],
                         help="short answers (the suite's post-prompt) or long answers (the papers' setting)")
@@ -69,13 +71,19 @@ def cmd_list(args) -> int:
     return 0
 
 
+EXTRA_SCORE_LABELS = {"names_shape_or_color": "names_shape/color"}
+
+
 def format_summary(summary: dict) -> str:
-    columns = [("method", "{}"), ("samples", "{}"), ("tokens", "{}"), ("tau", "{:.2f}"), ("speedup_dec", "{:.2f}x"),
+    columns = [("method", "{}"), ("samples", "{}"), ("tokens", "{}"), ("tok/sample", "{:.0f}"), ("tau", "{:.2f}"), ("speedup_dec", "{:.2f}x"),
                ("speedup_e2e", "{:.2f}x"), ("exact_match", "{:.2f}"), ("accuracy", "{:.2f}"), ("tok/s", "{:.1f}")]
+    extra = sorted({k for m in summary["methods"].values() for k in m.get("extra_scores") or {}})
+    columns += [(EXTRA_SCORE_LABELS.get(k, k), "{:.2f}") for k in extra]
     rows = []
     for name, m in summary["methods"].items():
-        values = [name, m["num_samples"], m["new_tokens"], m["mean_accepted_length"], m["speedup_decode"],
+        values = [name, m["num_samples"], m["new_tokens"], m.get("mean_new_tokens"), m["mean_accepted_length"], m["speedup_decode"],
                   m["speedup_e2e"], m["exact_match_rate"], m["accuracy"], m["tokens_per_s"]]
+        values += [(m.get("extra_scores") or {}).get(k) for k in extra]
         rows.append(["-" if v is None else fmt.format(v) for (_, fmt), v in zip(columns, values)])
     header = [c for c, _ in columns]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
@@ -90,7 +98,10 @@ def cmd_run(args) -> int:
     from .config import RunConfig
     from .runner import Runner
 
-    config = RunConfig(model=args.model, methods=args.methods.split(","), suite=args.suite,
+    methods = args.methods.split(",")
+    if args.ablations:
+        methods += [m for m in ("vispec-noadaptor", "vispec-noglobal") if m not in methods]
+    config = RunConfig(model=args.model, methods=methods, suite=args.suite,
                        prompt_mode=args.prompt_mode, fixtures=args.fixtures, dataset_path=args.dataset_path,
                        dataset_name=args.dataset_name, split=args.split, revision=args.revision, limit=args.limit, max_new_tokens=args.max_new_tokens,
                        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
@@ -114,7 +125,8 @@ def cmd_gen_data(args) -> int:
     config = GenDataConfig(model=args.model, suite=args.suite, split=args.split, fixtures=args.fixtures,
                            prompt_mode=args.prompt_mode,
                            prompt_suffix=args.prompt_suffix, limit=args.limit, seed=args.seed,
-                           max_new_tokens=args.max_new_tokens, dtype=args.dtype, device=args.device)
+                           max_new_tokens=args.max_new_tokens, dtype=args.dtype, device=args.device,
+                           batch_size=args.batch_size)
     path = generate_data(config, args.out, progress=not args.no_progress)
     print(f"training data: {path}")
     return 0
@@ -153,6 +165,20 @@ def cmd_check(args) -> int:
 
     return run_check(args.target, args.baseline, args.max_speedup_drop, args.max_tau_drop,
                      write=args.write_baseline, strict=args.strict)
+
+
+def cmd_testbed_build(args) -> int:
+    from .models import resolve_device
+    from .runner import command_line
+    from .config import BuildConfig
+    from .testbed_build import build
+
+    fields = BuildConfig.__dataclass_fields__
+    config = BuildConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    config.device = resolve_device(config.device)
+    work = build(config, command=command_line())
+    print(f"testbed build finished; work directory {work}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_gen.add_argument("--max-new-tokens", type=int, default=256)
     p_gen.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto")
     p_gen.add_argument("--device", default="auto")
+    p_gen.add_argument("--batch-size", type=int, default=1,
+                       help="> 1: HF generate on left-padded batches (faster; ids may differ from the engine's at near-ties)")
     p_gen.add_argument("--out", required=True, help="directory; an interrupted run resumes there")
     p_gen.add_argument("--no-progress", action="store_true")
     p_gen.set_defaults(func=cmd_gen_data)
@@ -224,6 +252,24 @@ def build_parser() -> argparse.ArgumentParser:
     p_train.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
     p_train.add_argument("--no-progress", action="store_true")
     p_train.set_defaults(func=cmd_train)
+
+    p_testbed = sub.add_parser("testbed", help="the embedded testbed VLM (SmolLM2-135M + a trained vision tower)")
+    testbed_sub = p_testbed.add_subparsers(dest="testbed_command", required=True)
+    p_build = testbed_sub.add_parser("build", help="train the vision tower, generate draft data, train the drafts, "
+                                                   "install the weights (resumable: re-run to continue)")
+    from .config import BuildConfig  # torch-free, like every parser default
+
+    defaults = BuildConfig()
+    p_build.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p_build.add_argument("--seed", type=int, default=0)
+    p_build.add_argument("--work", default="", help="work directory (default $VISPEC_BENCH_CACHE/testbed-build/seed<K>)")
+    for name in ("pretrain_steps", "vision_steps", "vision_batch", "vision_target", "eval_questions",
+                 "data_samples", "data_max_new_tokens", "draft_vocab", "draft_steps"):
+        value = getattr(defaults, name)
+        p_build.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
+    p_build.add_argument("--no-install", action="store_false", dest="install",
+                         help="leave the package's weights alone (the results stay in the work directory)")
+    p_build.set_defaults(func=cmd_testbed_build)
     return parser
 
 

@@ -42,6 +42,10 @@ class Method:
         """A fresh proposer for one sample; None means plain autoregressive decoding."""
         raise NotImplementedError
 
+    def runtime_settings(self) -> dict | None:
+        """Settings decided at prepare() time (e.g. a tree sized to the device), recorded with every record."""
+        return None
+
     def describe(self) -> dict:
         return {"name": self.name, "class": f"{type(self).__module__}:{type(self).__qualname__}",
                 "lossless": self.is_lossless(), "options": dataclasses.asdict(self.options)}
@@ -56,7 +60,7 @@ class DraftMethod(Method):
     """A method with a trainable draft network (EAGLE-2, Medusa, ViSpec).
 
     Its options carry `draft` (a checkpoint directory, or "random" for a seeded random draft)
-    and `seed`. Loading checks the checkpoint against the target (hidden size, vocabulary) and
+    and `seed`; with no `draft`, a model that ships drafts (the testbed) supplies its own. Loading checks the checkpoint against the target (hidden size, vocabulary) and
     the method; `compatible_checkpoints` names other methods whose drafts this one accepts.
     """
 
@@ -76,7 +80,7 @@ class DraftMethod(Method):
         """The draft the options ask for, on the target's device and dtype, in eval mode."""
         from .checkpoints import check_target, load_draft
 
-        source = self.options.draft
+        source = self.options.draft or getattr(adapter.model, "vispec_default_drafts", {}).get(self.name, "")
         if not source:
             raise ValueError(f"{self.name} needs a draft: --method-args {self.name}.draft=CHECKPOINT_DIR "
                              f"(see `python -m vispec_bench train`) or {self.name}.draft=random for a smoke test")
@@ -93,9 +97,20 @@ class DraftMethod(Method):
 
     def load_checkpoint(self, draft, checkpoint, source: str) -> None:
         from .checkpoints import load_matching
+        from .draft_vocab import BUFFER, set_token_map
 
+        # a reduced draft vocabulary is data that comes with the checkpoint, whatever the options say
+        set_token_map(draft, checkpoint.state_dict.get(BUFFER))
         load_matching(draft, checkpoint.state_dict, f"{self.name} checkpoint {source}",
                       ignore_prefixes=self.ignored_checkpoint_keys)
+
+    def fit_to_data(self, draft, answer_rows, adapter) -> None:
+        """Before training from scratch: fit the reduced draft vocabulary (option `vocab`, 0 = full)."""
+        from .draft_vocab import frequent_tokens, set_token_map
+
+        size = getattr(self.options, "vocab", 0)
+        if size and size < adapter.vocab_size:
+            set_token_map(draft, frequent_tokens(answer_rows, size, list(adapter.eos_token_ids)))
 
     def checkpoint_config(self, adapter) -> dict:
         from .checkpoints import target_signature

@@ -65,6 +65,15 @@ def _speedup(pairs: list[tuple[dict, dict]], time_of) -> float:
     return ar / method if method > 0 else float("nan")
 
 
+def _mean_extra_scores(records: list[dict]) -> dict[str, float]:
+    values: dict[str, list[float]] = defaultdict(list)
+    for record in records:
+        if record.get("repeat", 0) == 0:
+            for key, value in (record.get("extra_scores") or {}).items():
+                values[key].append(value)
+    return {key: sum(v) / len(v) for key, v in sorted(values.items())}
+
+
 def summarize_method(records: list[dict], ar_by_key: dict[tuple, dict]) -> dict:
     rounds = sum(len(r["accepted_lengths"]) for r in records)
     emitted_in_rounds = sum(sum(r["accepted_lengths"]) for r in records)
@@ -85,6 +94,7 @@ def summarize_method(records: list[dict], ar_by_key: dict[tuple, dict]) -> dict:
         "num_samples": len({r["sample_id"] for r in records}),
         "num_records": len(records),
         "new_tokens": new_tokens,
+        "mean_new_tokens": new_tokens / max(1, sum(1 for r in records if r.get("repeat", 0) == 0)),
         "num_rounds": rounds,
         "mean_accepted_length": tau,
         "mean_accepted_length_excl_bonus": tau - 1,
@@ -97,6 +107,7 @@ def summarize_method(records: list[dict], ar_by_key: dict[tuple, dict]) -> dict:
         "num_divergences": len(matches) - sum(matches),
         "num_dtype_ties": len(dtype_ties),  # divergences within 2 ULPs of the run's dtype
         "accuracy": sum(scores) / len(scores) if scores else None,
+        "extra_scores": _mean_extra_scores(records),
         "lossless": all(r.get("lossless", True) for r in records),
         "num_repeats": len(per_repeat),
         "speedup_decode_per_repeat": per_repeat,

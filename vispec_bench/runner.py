@@ -208,6 +208,7 @@ class Runner:
             "method": method.name,
             "method_config_hash": method.config_hash(),
             "lossless": method.is_lossless(),
+            "tree_settings": method.runtime_settings(),
             "repeat": repeat,
             "rank": self.dist.rank,
             "device": self.device_name,
@@ -228,6 +229,7 @@ class Runner:
             "answer": text,
             "references": sample.references,
             "score": self.suite.score(sample, text),
+            "extra_scores": self.suite.extra_scores(sample, text),
         }
 
     @staticmethod

@@ -38,6 +38,10 @@ class Suite:
     def score(self, sample: Sample, answer_text: str) -> float:
         raise NotImplementedError
 
+    def extra_scores(self, sample: Sample, answer_text: str) -> dict[str, float]:
+        """Suite-specific per-sample measures beside `score` (averaged per method in the summary)."""
+        return {}
+
     def select(self, limit: int | None, seed: int) -> list[Sample]:
         """`limit` samples drawn without replacement by a seeded RNG; the same (limit, seed) gives the same ids."""
         total = self.num_candidates()

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from .config import cache_dir
+
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 IMAGE_TOKEN = "<empty_output>"
 IMAGE_TOKEN_ID = 16
@@ -30,6 +32,7 @@ IMAGE_SIZE, PATCH_SIZE = 64, 8
 VISION_CONFIG = dict(model_type="clip_vision_model", hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
                      num_attention_heads=4, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE)
 WEIGHTS_DIR = Path(__file__).parent / "testbed_weights"
+WEIGHTS_ENV = "VISPEC_TESTBED_WEIGHTS"  # another directory of testbed weights (used by `testbed build`)
 SYSTEM_PROMPT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 CHAT_TEMPLATE = (
     "{% if messages[0]['role'] != 'system' %}<|im_start|>system\n" + SYSTEM_PROMPT + "<|im_end|>\n{% endif %}"
@@ -44,10 +47,6 @@ CHAT_TEMPLATE = (
 
 class TestbedError(RuntimeError):
     pass
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("VISPEC_BENCH_CACHE", Path.home() / ".cache" / "vispec_bench"))
 
 
 def smollm2_dir() -> Path:
@@ -119,8 +118,24 @@ def build_untrained_testbed(dtype=torch.float32, device="cpu", seed: int = 0):
     return model.to(device=device, dtype=dtype).eval(), _processor(tokenizer)
 
 
+def weights_dir() -> Path:
+    return Path(os.environ[WEIGHTS_ENV]) if os.environ.get(WEIGHTS_ENV) else WEIGHTS_DIR
+
+
+DRAFT_OF_METHOD = {"medusa": "medusa", "eagle2": "eagle2", "vispec": "vispec",
+                   # the ablations switch parts of the trained ViSpec draft off at decode time
+                   "vispec-noadaptor": "vispec", "vispec-noglobal": "vispec"}
+
+
+def default_drafts() -> dict[str, str]:
+    """Method name -> the shipped draft checkpoint for the testbed, for the drafts that exist."""
+    root = weights_dir() / "drafts"
+    return {method: str(root / draft) for method, draft in DRAFT_OF_METHOD.items()
+            if (root / draft / "draft.safetensors").exists()}
+
+
 def build_testbed(dtype=torch.float32, device="cpu", seed: int = 0):
-    weights = WEIGHTS_DIR / "vision.safetensors"
+    weights = weights_dir() / "vision.safetensors"
     if not weights.exists():
         raise TestbedError(
             f"the testbed's trained vision tower is not in this install ({weights} is missing). "
@@ -129,6 +144,8 @@ def build_testbed(dtype=torch.float32, device="cpu", seed: int = 0):
     from safetensors.torch import load_file
 
     model, processor = build_untrained_testbed(dtype=torch.float32, device="cpu", seed=seed)
+    model.name_or_path = "vispec-bench/testbed"
+    model.vispec_default_drafts = default_drafts()
     state = load_file(str(weights))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(k.startswith(("model.vision_tower.", "model.multi_modal_projector.")) for k in missing):

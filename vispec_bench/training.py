@@ -30,6 +30,7 @@ from torch import nn
 from .adapter import make_adapter
 from .checkpoints import check_target, load_draft, save_draft
 from .datagen import load_training_rows
+from .draft_vocab import BUFFER, set_token_map, token_map_of
 from .records import append_jsonl
 from .method import DraftMethod, build_method, parse_method_args
 from .models import load_model, resolve_device, resolve_dtype
@@ -175,11 +176,12 @@ def train(config: TrainConfig, progress: bool = True, log=print) -> Path:
         initial = load_draft(config.init)
         check_target(initial, adapter, method.name, method.compatible_checkpoints)
         method.load_checkpoint(draft, initial, source=config.init)
-    trainer = method.make_trainer(draft, frozen_float_lm_head(adapter))
-
     dataset = load_training_rows(config.data)
     if len(dataset) == 0:
         raise ValueError(f"{config.data} holds no training rows")
+    if not config.resume and token_map_of(draft) is None:
+        method.fit_to_data(draft, dataset["answer_ids"], adapter)  # e.g. the reduced draft vocabulary
+    trainer = method.make_trainer(draft, frozen_float_lm_head(adapter))
     train_rows, eval_rows = split_rows(list(dataset["sample_id"]), config.eval_fraction, config.seed)
     if len(train_rows) < world:
         raise ValueError(f"{len(train_rows)} training rows cannot be shared by {world} processes")
@@ -195,7 +197,9 @@ def train(config: TrainConfig, progress: bool = True, log=print) -> Path:
         if not state_path.exists():
             raise FileNotFoundError(f"--resume: {state_path} does not exist; nothing to resume")
         state = torch.load(state_path, map_location=device, weights_only=False)
-        draft.load_state_dict(load_draft(out).state_dict)
+        saved = load_draft(out).state_dict
+        set_token_map(draft, saved.get(BUFFER))
+        draft.load_state_dict(saved)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_step = state["step"]
