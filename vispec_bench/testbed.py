@@ -122,6 +122,29 @@ def weights_dir() -> Path:
     return Path(os.environ[WEIGHTS_ENV]) if os.environ.get(WEIGHTS_ENV) else WEIGHTS_DIR
 
 
+LORA_TARGETS = ("q_proj", "v_proj")  # the attention projections the build may adapt with LoRA
+
+
+def lora_key(layer: int, projection: str, part: str) -> str:
+    """Key of a LoRA factor in vision.safetensors: A [r, in] and B [out, r], B already scaled."""
+    return f"lora.layers.{layer}.{projection}.{part}"
+
+
+def merge_lora(model, state: dict[str, torch.Tensor]) -> int:
+    """W += B @ A for every adapted projection of the language model; returns how many were merged."""
+    layers = model.model.language_model.layers
+    merged = 0
+    for index, layer in enumerate(layers):
+        for projection in LORA_TARGETS:
+            a, b = state.get(lora_key(index, projection, "A")), state.get(lora_key(index, projection, "B"))
+            if a is None or b is None:
+                continue
+            weight = getattr(layer.self_attn, projection).weight
+            weight.data += (b.float() @ a.float()).to(weight.dtype)
+            merged += 1
+    return merged
+
+
 DRAFT_OF_METHOD = {"medusa": "medusa", "eagle2": "eagle2", "vispec": "vispec",
                    # the ablations switch parts of the trained ViSpec draft off at decode time
                    "vispec-noadaptor": "vispec", "vispec-noglobal": "vispec"}
@@ -147,6 +170,9 @@ def build_testbed(dtype=torch.float32, device="cpu", seed: int = 0):
     model.name_or_path = "vispec-bench/testbed"
     model.vispec_default_drafts = default_drafts()
     state = load_file(str(weights))
+    lora = {k: state.pop(k) for k in [k for k in state if k.startswith("lora.")]}
+    if lora and merge_lora(model, lora) * 2 != len(lora):
+        raise TestbedError(f"{weights} holds LoRA factors that do not fit the language model")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(k.startswith(("model.vision_tower.", "model.multi_modal_projector.")) for k in missing):
         raise TestbedError(f"{weights} does not fit the testbed (unexpected {unexpected[:4]})")

@@ -37,7 +37,7 @@ from torch import nn
 
 from .records import append_jsonl
 from .config import BuildConfig
-from .testbed import WEIGHTS_DIR, WEIGHTS_ENV
+from .testbed import LORA_TARGETS, WEIGHTS_DIR, WEIGHTS_ENV, lora_key
 
 TRAINABLE = ("model.vision_tower.", "model.multi_modal_projector.")
 DRAFT_METHODS = ("medusa", "eagle2", "vispec")
@@ -203,13 +203,51 @@ def first_token_accuracy(model, examples: ShortAnswerExamples, indices: list[int
     return correct / len(indices)
 
 
+class LanguageLoRA(nn.Module):
+    """LoRA factors on the language model's q/v projections, applied by forward hooks (the model's
+    own modules and state-dict keys stay untouched); exported pre-scaled, merged at load time."""
+
+    def __init__(self, model, rank: int):
+        super().__init__()
+        self.A, self.B = nn.ParameterDict(), nn.ParameterDict()
+        self.handles = []
+        generator = torch.Generator().manual_seed(1234)
+        for index, layer in enumerate(model.model.language_model.layers):
+            for projection in LORA_TARGETS:
+                linear = getattr(layer.self_attn, projection)
+                key = f"{index}_{projection}"
+                a = torch.randn(rank, linear.in_features, generator=generator) / linear.in_features ** 0.5
+                self.A[key] = nn.Parameter(a.to(linear.weight.device))
+                self.B[key] = nn.Parameter(torch.zeros(linear.out_features, rank, device=linear.weight.device))
+                self.handles.append(linear.register_forward_hook(self._hook(key)))
+
+    def _hook(self, key):
+        def add_delta(module, inputs, output):
+            return output + nn.functional.linear(nn.functional.linear(inputs[0], self.A[key].to(output.dtype)),
+                                                 self.B[key].to(output.dtype))
+        return add_delta
+
+    def export(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for key in self.A:
+            index, projection = key.split("_", 1)
+            out[lora_key(int(index), projection, "A")] = self.A[key].detach()
+            out[lora_key(int(index), projection, "B")] = self.B[key].detach()
+        return out
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
 def train_vision(model, processor, config: BuildConfig, work: Path, device: str, log: StageLog) -> dict:
     from tqdm.auto import tqdm
 
     state_path = work / "vision_state.pt"
     for name, param in model.named_parameters():
         param.requires_grad_(name.startswith(TRAINABLE))
-    params = [p for p in model.parameters() if p.requires_grad]
+    lora = LanguageLoRA(model, config.lora_rank) if config.lora_rank else None
+    params = [p for p in model.parameters() if p.requires_grad] + (list(lora.parameters()) if lora else [])
     optimizer = torch.optim.AdamW(params, lr=config.vision_lr, weight_decay=0.0)
     train = ShortAnswerExamples(processor, "train")
     test = ShortAnswerExamples(processor, "test")
@@ -218,7 +256,12 @@ def train_vision(model, processor, config: BuildConfig, work: Path, device: str,
     if state_path.exists():
         state = torch.load(state_path, map_location=device, weights_only=False)
         model.load_state_dict(state["weights"], strict=False)
-        optimizer.load_state_dict(state["optimizer"])
+        if lora is not None and state.get("lora"):
+            lora.load_state_dict(state["lora"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except ValueError:  # the trained parameter set changed (LoRA added): a fresh optimizer
+            log(stage="vision", note="optimizer state does not fit the parameters; starting a fresh optimizer")
         start, best = state["step"], state["eval"]
         log(stage="vision", resumed_at=start)
     else:
@@ -250,21 +293,22 @@ def train_vision(model, processor, config: BuildConfig, work: Path, device: str,
         if done % config.eval_every == 0 or done == config.vision_steps:
             accuracy = first_token_accuracy(model, test, eval_indices, device)
             best = {"step": done, "accuracy": accuracy}
+            weights = {k: v.detach().cpu() for k, v in model.state_dict().items() if k.startswith(TRAINABLE)}
             log(stage="vision", step=done, loss=round(float(loss.detach()), 4), eval_accuracy=round(accuracy, 4),
                 elapsed_s=round(time.time() - started, 1))
-            weights = {k: v.detach().cpu() for k, v in model.state_dict().items() if k.startswith(TRAINABLE)}
-            torch.save({"weights": weights, "optimizer": optimizer.state_dict(), "step": done, "eval": best},
+            torch.save({"weights": weights, "lora": lora.state_dict() if lora else None,
+                        "optimizer": optimizer.state_dict(), "step": done, "eval": best},
                        state_path.with_suffix(".tmp"))
             state_path.with_suffix(".tmp").replace(state_path)
-    return best
+    return best, (lora.export() if lora else {})
 
 
-def save_vision_weights(model, path: Path) -> None:
+def save_vision_weights(model, lora_factors: dict, path: Path) -> None:
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to(torch.bfloat16).contiguous().cpu() for k, v in model.state_dict().items()
-             if k.startswith(TRAINABLE)}
+    state = {k: v.detach() for k, v in model.state_dict().items() if k.startswith(TRAINABLE)}
+    state = {k: v.to(torch.bfloat16).contiguous().cpu() for k, v in {**state, **lora_factors}.items()}
     save_file(state, str(path.with_suffix(".tmp")), metadata={"format": "pt"})
     path.with_suffix(".tmp").replace(path)
 
@@ -370,7 +414,8 @@ def install(config: BuildConfig, work: Path, device: str, command: str, target: 
 # --- the build ----------------------------------------------------------------------------
 
 STAGE_SETTINGS = {"pretrain": ("seed", "pretrain_steps", "pretrain_batch"),
-                  "vision": ("vision_steps", "vision_batch", "vision_lr", "vision_target", "eval_every", "eval_questions"),
+                  "vision": ("vision_steps", "vision_batch", "vision_lr", "vision_target", "lora_rank", "eval_every",
+                             "eval_questions"),
                   "data": ("data_samples", "data_max_new_tokens"),
                   "draft-medusa": ("draft_vocab", "draft_steps"), "draft-eagle2": ("draft_vocab", "draft_steps"),
                   "draft-vispec": ("draft_vocab", "draft_steps")}
@@ -414,8 +459,8 @@ def build(config: BuildConfig, command: str = "") -> Path:
             _mark_done(work, "pretrain", {**info, "seconds": round(time.time() - started, 1)})
         elif not (work / "vision_state.pt").exists():
             model.load_state_dict(torch.load(work / "pretrain_weights.pt", weights_only=True), strict=False)
-        result = train_vision(model, processor, config, work, device, log)
-        save_vision_weights(model, weights / "vision.safetensors")
+        result, lora_factors = train_vision(model, processor, config, work, device, log)
+        save_vision_weights(model, lora_factors, weights / "vision.safetensors")
         _mark_done(work, "vision", {**result, "seconds": round(time.time() - started, 1)})
         del model
     if _done(work, "data") is None:
