@@ -263,10 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_build.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p_build.add_argument("--seed", type=int, default=0)
     p_build.add_argument("--work", default="", help="work directory (default $VISPEC_BENCH_CACHE/testbed-build/seed<K>)")
-    for name in ("pretrain_steps", "vision_steps", "vision_batch", "vision_target", "eval_questions",
+    for name in ("pretrain_steps", "vision_steps", "vision_batch", "vision_target", "vision_long_examples", "eval_questions",
                  "data_samples", "data_max_new_tokens", "draft_vocab", "draft_steps"):
         value = getattr(defaults, name)
         p_build.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
+    p_build.add_argument("--train-tower", action="store_true", dest="vision_train_tower",
+                         help="stage 2 also trains the vision tower (default: only projector + LoRA)")
     p_build.add_argument("--no-install", action="store_false", dest="install",
                          help="leave the package's weights alone (the results stay in the work directory)")
     p_build.set_defaults(func=cmd_testbed_build)
