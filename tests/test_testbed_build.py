@@ -93,6 +93,7 @@ def test_testbed_build_at_toy_size_installs_weights_that_run_losslessly(tmp_path
     installed = testbed_build.install(config, work, "cpu", "test", target=tmp_path / "installed")
     provenance = json.loads((installed / "provenance.json").read_text())
     assert provenance["command"] == "test" and provenance["build_config"]["seed"] == 0
+    assert any(entry.get("stage") == "vision" for entry in provenance["history"])
     assert sum(provenance["bytes"].values()) < 40 * 2 ** 20
     monkeypatch.setenv(WEIGHTS_ENV, str(installed))
     args = ["run", "--model", "testbed", "--limit", "1", "--max-new-tokens", "10", "--dtype", "float32",

@@ -479,10 +479,15 @@ def install(config: BuildConfig, work: Path, device: str, command: str, target: 
         save_draft(staging / "drafts" / method, checkpoint.state_dict, checkpoint.config, dtype=torch.bfloat16)
     stages = {path.name.removesuffix(".done.json"): json.loads(path.read_text())
               for path in sorted(work.glob("*.done.json"))}
+    # Stage-level lines of the build log (not per-step ones): they show every resume and
+    # eval, so a build made in several runs says so next to its weights.
+    log_path = work / "build_log.jsonl"
+    history = [entry for entry in map(json.loads, log_path.read_text().splitlines() if log_path.exists() else [])
+               if "message" not in entry]
     provenance = {"command": command, "build_config": asdict(config), "device": device,
                   "environment": capture(device), "torch": torch.__version__,
                   "transformers": transformers.__version__, "python": platform.python_version(),
-                  "stages": stages, "installed": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                  "stages": stages, "history": history, "installed": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                   "total_seconds": round(sum(s.get("seconds", 0) for s in stages.values()), 1),
                   "bytes": {str(p.relative_to(staging)): p.stat().st_size for p in sorted(staging.rglob("*")) if p.is_file()}}
     (staging / "provenance.json").write_text(json.dumps(provenance, indent=2, default=str) + "\n")
