@@ -50,8 +50,8 @@ class BuildConfig:
     vision_lr: float = 1e-3
     vision_target: float = 0.93  # held-out first-token accuracy that ends stage 2 early
     vision_train_tower: bool = False  # stage 2 also trains the tower (off: the probe-trained tower stays frozen)
-    lora_rank: int = 8
-    vision_long_examples: int = 320  # long-answer targets written by the base SmolLM2 (0 = short answers only)  # LoRA on the language model's q/v projections in stage 2 (0 = frozen language model)
+    lora_rank: int = 8  # LoRA on the language model's q/v projections in stage 2 (0 = frozen language model)
+    vision_long_examples: int = 320  # long-answer targets written by the base SmolLM2 (0 = short answers only)
     eval_every: int = 100
     eval_questions: int = 256
     data_samples: int = 240

@@ -115,7 +115,14 @@ def generate_batch(adapter, conversations: list[list[dict]], images: list[list],
     guaranteed bit-identical to the engine's: padding changes the matmul shapes, which may flip
     a near-tie. That is harmless for training data (the benchmark never reuses these ids).
     """
-    processor, tokenizer = adapter.processor, adapter.tokenizer
+    return greedy_answers(adapter.model, adapter.processor, conversations, images, max_new_tokens,
+                          sorted(adapter.eos_token_ids), adapter.device, adapter.dtype)
+
+
+def greedy_answers(model, processor, conversations: list[list[dict]], images: list[list], max_new_tokens: int,
+                   eos: list[int], device, dtype) -> list[tuple[list[int], str]]:
+    """(answer ids up to and including the first EOS, stop reason) per conversation, batched left-padded."""
+    tokenizer = processor.tokenizer
     texts = [processor.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
@@ -124,12 +131,10 @@ def generate_batch(adapter, conversations: list[list[dict]], images: list[list],
         inputs = processor(text=texts, images=flat_images or None, padding=True, return_tensors="pt")
     finally:
         tokenizer.padding_side = side
-    inputs = {k: (v.to(adapter.device, adapter.dtype) if v.is_floating_point() else v.to(adapter.device))
-              for k, v in inputs.items()}
-    eos = sorted(adapter.eos_token_ids)
+    inputs = {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) for k, v in inputs.items()}
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
-    output = adapter.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
-                                    pad_token_id=pad)
+    output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
+                            pad_token_id=pad)
     answers = []
     for row in output[:, inputs["input_ids"].shape[1]:].tolist():
         stop = next((i for i, token in enumerate(row) if token in eos), None)

@@ -97,11 +97,13 @@ class ShortAnswerExamples:
         return len(self.suite.questions)
 
     def prompt_ids(self, index: int) -> list[int]:
-        text = self.suite.prompt_text(self.suite.questions[index])
-        if text not in self._prompts:  # the prompt does not depend on the image: tokenise each question once
+        return self.image_prompt_ids(self.suite.prompt_text(self.suite.questions[index]))
+
+    def image_prompt_ids(self, text: str) -> list[int]:
+        """Chat prompt ids of one image + `text`, the image expanded to the tower's 64 patch tokens."""
+        if text not in self._prompts:  # the prompt does not depend on the image: tokenise each text once
             messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
             prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            # the processor expands the one image token to the tower's 64 patch tokens
             self._prompts[text] = self.processor(text=prompt, images=[self.pixels_image_stub()],
                                                  return_tensors="pt")["input_ids"][0].tolist()
         return self._prompts[text]
@@ -125,18 +127,16 @@ class ShortAnswerExamples:
         for _, prompt, answer in extra:
             sequences.append(list(prompt) + list(answer))
             label_masks.append([False] * len(prompt) + [True] * len(answer))
-        indices = list(indices) + [None] * len(extra)
+        image_ids = [int(self.suite.image_ids[i]) for i in indices] + [int(image_id) for image_id, _, _ in extra]
         width = max(map(len, sequences))
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        input_ids = torch.full((len(indices), width), pad, dtype=torch.long)
-        attention = torch.zeros((len(indices), width), dtype=torch.long)
-        labels = torch.full((len(indices), width), -100, dtype=torch.long)
+        input_ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(sequences), width), dtype=torch.long)
+        labels = torch.full((len(sequences), width), -100, dtype=torch.long)
         for row, (sequence, mask) in enumerate(zip(sequences, label_masks)):
             input_ids[row, :len(sequence)] = torch.tensor(sequence)
             attention[row, :len(sequence)] = 1
             labels[row, :len(sequence)] = torch.where(torch.tensor(mask), torch.tensor(sequence), -100)
-        image_ids = [int(self.suite.image_ids[i]) for i in indices[:len(indices) - len(extra)]] + \
-            [int(image_id) for image_id, _, _ in extra]
         missing = sorted({i for i in image_ids if i not in self._pixels})
         if missing:
             for image_id, pixels in zip(missing, _pixel_values(self.processor, [self.paths[i] for i in missing])):
@@ -231,6 +231,7 @@ def long_answer_examples(model, processor, examples: ShortAnswerExamples, count:
     """
     from suites.easyvqa import image_labels
 
+    from .datagen import greedy_answers
     from .suite import LONG_ANSWER_INSTRUCTION
 
     labels = image_labels("train")
@@ -238,33 +239,20 @@ def long_answer_examples(model, processor, examples: ShortAnswerExamples, count:
     candidates = [i for i in range(len(suite.questions))
                   if {"shape", "color"} <= set(labels.get(int(suite.image_ids[i]), {}))]
     chosen = random.Random(seed + 2).sample(candidates, min(count, len(candidates)))
-    tokenizer = processor.tokenizer
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    eos = examples.end_id
     triples = []
-    try:
-        for start in range(0, len(chosen), 16):
-            chunk = chosen[start:start + 16]
-            texts = []
-            for index in chunk:
-                label = labels[int(suite.image_ids[index])]
-                described = (f"The image shows a {label['color']} {label['shape']}.\n"
-                             f"{suite.questions[index]}\n{LONG_ANSWER_INSTRUCTION}")
-                texts.append(processor.apply_chat_template([{"role": "user", "content": described}],
-                                                           add_generation_prompt=True, tokenize=False))
-            inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            output = model.generate(**inputs, max_new_tokens=max_tokens, do_sample=False, eos_token_id=eos,
-                                    pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos)
-            for index, row in zip(chunk, output[:, inputs["input_ids"].shape[1]:].tolist()):
-                answer = row[:row.index(eos) + 1] if eos in row else row
-                text = f"{suite.questions[index]}\n{LONG_ANSWER_INSTRUCTION}"
-                messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
-                prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-                prompt_ids = processor(text=prompt, images=[examples.pixels_image_stub()],
-                                       return_tensors="pt")["input_ids"][0].tolist()
-                triples.append((int(suite.image_ids[index]), prompt_ids, answer))
-    finally:
-        tokenizer.padding_side = side
+    for start in range(0, len(chosen), 16):
+        chunk = chosen[start:start + 16]
+        described = []
+        for index in chunk:
+            label = labels[int(suite.image_ids[index])]
+            text = (f"The image shows a {label['color']} {label['shape']}.\n"
+                    f"{suite.questions[index]}\n{LONG_ANSWER_INSTRUCTION}")
+            described.append([{"role": "user", "content": text}])
+        answers = greedy_answers(model, processor, described, [[] for _ in chunk], max_tokens, [examples.end_id],
+                                 device, torch.float32)
+        for index, (answer, _) in zip(chunk, answers):
+            prompt_ids = examples.image_prompt_ids(f"{suite.questions[index]}\n{LONG_ANSWER_INSTRUCTION}")
+            triples.append((int(suite.image_ids[index]), prompt_ids, answer))
     return triples
 
 
@@ -499,9 +487,8 @@ def install(config: BuildConfig, work: Path, device: str, command: str, target: 
 # --- the build ----------------------------------------------------------------------------
 
 STAGE_SETTINGS = {"pretrain": ("seed", "pretrain_steps", "pretrain_batch"),
-                  "vision": ("vision_steps", "vision_batch", "vision_lr", "vision_target", "vision_train_tower", "lora_rank",
-                             "vision_long_examples", "eval_every",
-                             "eval_questions"),
+                  "vision": ("vision_steps", "vision_batch", "vision_lr", "vision_target", "vision_train_tower",
+                             "lora_rank", "vision_long_examples", "eval_every", "eval_questions"),
                   "data": ("data_samples", "data_max_new_tokens"),
                   "draft-medusa": ("draft_vocab", "draft_steps"), "draft-eagle2": ("draft_vocab", "draft_steps"),
                   "draft-vispec": ("draft_vocab", "draft_steps")}
