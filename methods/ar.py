@@ -1,6 +1,6 @@
 """Autoregressive decoding: the engine with no proposer, one token per target forward."""
 
-from vispec_bench.method import Method
+from vispec_bench.plugins.method import Method
 
 
 class AR(Method):

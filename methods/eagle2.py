@@ -24,12 +24,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vispec_bench.draft_vocab import head_weight, to_vocab, token_map_of
-from vispec_bench import tree_sizing
-from vispec_bench.method import DraftMethod
-from vispec_bench.tree_sizing import TreeSettings
-from vispec_bench.proposer import Proposer
-from vispec_bench.tree import DraftTree
+from vispec_bench.drafts.vocab import head_weight, to_vocab, token_map_of
+from vispec_bench.drafts import tree_settings
+from vispec_bench.plugins.method import DraftMethod
+from vispec_bench.drafts.tree_settings import TreeSettings
+from vispec_bench.engine.proposer import Proposer
+from vispec_bench.engine.draft_tree import DraftTree
 
 # Draft layer families: the target's text model_type -> (module, config class, layer class, rotary class).
 DRAFT_FAMILIES = {
@@ -86,7 +86,7 @@ class EagleDraft(nn.Module):
         self.layers = nn.ModuleList([layer_class(config, layer_idx=0)])
         self.layers[0].input_layernorm = nn.Identity()  # EAGLE: the fc output enters attention un-normed
         self.rotary_emb = rotary_class(config=config)
-        self.register_buffer("token_map", None)  # reduced draft vocabulary (vispec_bench.draft_vocab), if fitted
+        self.register_buffer("token_map", None)  # reduced draft vocabulary (vispec_bench.drafts.vocab), if fitted
 
     def fuse(self, features: torch.Tensor, token_embeds: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.cat([token_embeds, features], dim=-1))
@@ -113,7 +113,7 @@ def causal_visible(num_new: int, num_past: int, device) -> torch.Tensor:
 @dataclass
 class Eagle2Options:
     draft: str = ""  # a checkpoint directory (ours or the EAGLE authors' layout), or "random" (seeded init)
-    # Tree (vispec_bench.tree_sizing): 0 = the device's default (cuda 5/8/60, cpu 5/4/10);
+    # Tree (vispec_bench.drafts.tree_settings): 0 = the device's default (cuda 5/8/60, cpu 5/4/10);
     # total_token=-1 sizes the tree from forward costs measured at start-up. Papers: VLM 3/8/30, LLM 5/10/60.
     depth: int = 0  # tree levels
     top_k: int = 0  # children per expanded node and nodes expanded per level
@@ -246,12 +246,12 @@ class Eagle2(DraftMethod):
                              f">= 1 (0 = device default, -1 = auto); got {opts.depth}, {opts.top_k}, {opts.total_token}")
         self.draft = self.load_draft_network(adapter)
         self.draft_head = head_weight(adapter.lm_head.weight, token_map_of(self.draft))
-        self.tree, self.tree_choice = tree_sizing.resolve(opts.depth, opts.top_k, opts.total_token, adapter.device,
+        self.tree, self.tree_choice = tree_settings.resolve(opts.depth, opts.top_k, opts.total_token, adapter.device,
                                                           measure=lambda: self._measure_costs(adapter))
 
     def _measure_costs(self, adapter):
         """(target verify costs, seconds per draft level) for total_token=-1."""
-        k = self.options.top_k or tree_sizing.DEVICE_DEFAULTS[tree_sizing.device_kind(adapter.device)].top_k
+        k = self.options.top_k or tree_settings.DEVICE_DEFAULTS[tree_settings.device_kind(adapter.device)].top_k
         x = torch.zeros(1, k, adapter.hidden_size, device=adapter.device, dtype=adapter.dtype)
         positions = torch.arange(k, device=adapter.device)[None]
         mask = additive_mask(causal_visible(k, 0, adapter.device), adapter.dtype)
@@ -261,8 +261,8 @@ class Eagle2(DraftMethod):
             nn.functional.linear(out, self.draft_head).float().log_softmax(-1).topk(k)
 
         with torch.no_grad():
-            level = tree_sizing.median_seconds(draft_level, adapter.device, repeats=5)
-        return tree_sizing.verify_costs(adapter), level
+            level = tree_settings.median_seconds(draft_level, adapter.device, repeats=5)
+        return tree_settings.verify_costs(adapter), level
 
     def runtime_settings(self) -> dict:
         return self.tree_choice

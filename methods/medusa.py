@@ -28,15 +28,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vispec_bench import tree_sizing
-from vispec_bench.acceptance import accept_typical
-from vispec_bench.draft_vocab import head_weight, to_draft, to_vocab, token_map_of
-from vispec_bench.method import DraftMethod
-from vispec_bench.proposer import Proposer
-from vispec_bench.tree import DraftTree
+from vispec_bench.drafts import tree_settings
+from vispec_bench.engine.acceptance import accept_typical
+from vispec_bench.drafts.vocab import head_weight, to_draft, to_vocab, token_map_of
+from vispec_bench.plugins.method import DraftMethod
+from vispec_bench.engine.proposer import Proposer
+from vispec_bench.engine.draft_tree import DraftTree
 
 
-MEDUSA_DEVICE_NODES = {"cuda": 63, "cpu": 10}  # default tree sizes (tree_nodes=0); see vispec_bench.tree_sizing
+MEDUSA_DEVICE_NODES = {"cuda": 63, "cpu": 10}  # default tree sizes (tree_nodes=0); see vispec_bench.drafts.tree_settings
 
 
 class ResBlock(nn.Module):
@@ -169,19 +169,19 @@ class Medusa(DraftMethod):
         self.paths, self.tree_choice = self._sized_tree(adapter)
 
     def _sized_tree(self, adapter) -> tuple[list[tuple[int, ...]], dict]:
-        """The tree paths and how their number was chosen (see vispec_bench.tree_sizing)."""
+        """The tree paths and how their number was chosen (see vispec_bench.drafts.tree_settings)."""
         opts = self.options
-        kind = tree_sizing.device_kind(adapter.device)
+        kind = tree_settings.device_kind(adapter.device)
         how = {"device_kind": kind}
         if opts.tree:
             how["choice"] = "file"
         elif opts.tree_nodes == -1:
             hidden = torch.zeros(adapter.hidden_size, device=adapter.device, dtype=adapter.dtype)
             with torch.no_grad():
-                heads_s = tree_sizing.median_seconds(lambda: self.heads(hidden, self.draft_head).topk(opts.tree_top_k),
+                heads_s = tree_settings.median_seconds(lambda: self.heads(hidden, self.draft_head).topk(opts.tree_top_k),
                                                      adapter.device, repeats=5)
-            costs = tree_sizing.verify_costs(adapter)
-            nodes, rates = tree_sizing.choose_total_token(costs, heads_s, depth=1)
+            costs = tree_settings.verify_costs(adapter)
+            nodes, rates = tree_settings.choose_total_token(costs, heads_s, depth=1)
             how.update(choice="auto", verify_costs_ms={n: round(1000 * c, 3) for n, c in costs.items()},
                        heads_ms=round(1000 * heads_s, 3), expected_tokens_per_s={n: round(r, 2) for n, r in rates.items()})
             self.options = dataclasses.replace(opts, tree_nodes=nodes)

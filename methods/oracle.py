@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-from vispec_bench.method import Method
-from vispec_bench.proposer import Proposer
-from vispec_bench.tree import chain
+from vispec_bench.plugins.method import Method
+from vispec_bench.engine.proposer import Proposer
+from vispec_bench.engine.draft_tree import chain
 
 
 @dataclass

@@ -38,8 +38,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vispec_bench.checkpoints import DraftCheckpointError, load_matching
-from vispec_bench.draft_vocab import BUFFER, set_token_map
+from vispec_bench.drafts.checkpoints import DraftCheckpointError, load_matching
+from vispec_bench.drafts.vocab import BUFFER, set_token_map
 from methods.eagle2 import Eagle2, Eagle2Options, Eagle2Proposer, EagleDraft, EagleTrainer
 
 

@@ -1,1 +1,1 @@
-"""Evaluation suites, one module each; they register in vispec_bench.registry.SUITES."""
+"""Evaluation suites, one module each; they register in vispec_bench.plugins.registry.SUITES."""

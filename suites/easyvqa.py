@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from vispec_bench.suite import LONG_ANSWER_INSTRUCTION, Sample, Suite
+from vispec_bench.plugins.suite import LONG_ANSWER_INSTRUCTION, Sample, Suite
 
 SHORT_ANSWER_INSTRUCTION = "Answer the question using a single word."
 

@@ -4,7 +4,7 @@ Prompts reproduce lmms-eval's `doc_to_text` with each task's default kwargs; sco
 its `process_results` + aggregation (all four aggregate to the mean of per-sample scores).
 The images go first in the user turn (separated by a space), then the text, as lmms-eval's
 LLaVA model places them. In long-answer mode the task's short-answer post-prompt is replaced by the papers'
-instruction (vispec_bench.suite.LONG_ANSWER_INSTRUCTION).
+instruction (vispec_bench.plugins.suite.LONG_ANSWER_INSTRUCTION).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from vispec_bench.suite import Sample, Suite
+from vispec_bench.plugins.suite import Sample, Suite
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

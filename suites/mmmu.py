@@ -18,7 +18,7 @@ import ast
 import random
 import re
 
-from vispec_bench.suite import LONG_ANSWER_INSTRUCTION
+from vispec_bench.plugins.suite import LONG_ANSWER_INSTRUCTION
 
 from .hub import DatasetSource, HubSuite
 

@@ -1,6 +1,6 @@
 """ScienceQA-IMG (test questions with an image): lmms-eval task `scienceqa_img`."""
 
-from vispec_bench.suite import LONG_ANSWER_INSTRUCTION
+from vispec_bench.plugins.suite import LONG_ANSWER_INSTRUCTION
 
 from .hub import DatasetSource, HubSuite
 

@@ -1,6 +1,6 @@
 """SEED-Bench (image questions): lmms-eval task `seedbench`, four options A-D."""
 
-from vispec_bench.suite import LONG_ANSWER_INSTRUCTION
+from vispec_bench.plugins.suite import LONG_ANSWER_INSTRUCTION
 
 from .hub import DatasetSource, HubSuite
 

@@ -1,6 +1,6 @@
 """VQAv2 validation: lmms-eval task `vqav2_val`, scored with the ten-annotator VQA accuracy."""
 
-from vispec_bench.suite import LONG_ANSWER_INSTRUCTION
+from vispec_bench.plugins.suite import LONG_ANSWER_INSTRUCTION
 
 from .hub import DatasetSource, HubSuite
 from .vqa_normalize import vqa_accuracy

@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from vispec_bench.acceptance import SamplingConfig
-from vispec_bench.datagen import GenDataConfig, generate_data
-from vispec_bench.engine import decode
-from vispec_bench.method import build_method
-from vispec_bench.training import TrainConfig, train
+from vispec_bench.engine.acceptance import SamplingConfig
+from vispec_bench.drafts.datagen import GenDataConfig, generate_data
+from vispec_bench.engine.decode import decode
+from vispec_bench.plugins.method import build_method
+from vispec_bench.drafts.training import TrainConfig, train
 
 GREEDY = SamplingConfig()
 _WORK = Path(tempfile.mkdtemp(prefix="vispec-drafts-"))
@@ -19,8 +19,8 @@ TINY_MODELS = ["tiny-llava", "tiny-llava-next", "tiny-qwen25vl"]
 
 @functools.lru_cache(maxsize=None)
 def _loaded(name: str):
-    from vispec_bench.adapter import make_adapter
-    from vispec_bench.models import load_model
+    from vispec_bench.engine.adapter import make_adapter
+    from vispec_bench.models.loading import load_model
 
     loaded = load_model(name, torch.float32, "cpu")
     return loaded, make_adapter(loaded.model, loaded.processor)
@@ -67,7 +67,7 @@ def trained_draft(model: str, method: str) -> Path:
 
 
 def prepared(method: str, adapter, **options):
-    from vispec_bench.registry import METHODS
+    from vispec_bench.plugins.registry import METHODS
 
     built = build_method(METHODS.load(method), method, {k: str(v) for k, v in options.items()})
     built.prepare(adapter)

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from vispec_bench.acceptance import SamplingConfig, accept, target_probs
-from vispec_bench.tree import DraftTree
+from vispec_bench.engine.acceptance import SamplingConfig, accept, target_probs
+from vispec_bench.engine.draft_tree import DraftTree
 
 
 def _chi_square_p_value(counts: torch.Tensor, probs: torch.Tensor) -> float:

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from conftest import easyvqa_samples, tiny_by_name
-from vispec_bench.adapter import ImageTokenError, TargetAdapter, make_adapter
-from vispec_bench.models import ModelLoadError, load_model
+from vispec_bench.engine.adapter import ImageTokenError, TargetAdapter, make_adapter
+from vispec_bench.models.loading import ModelLoadError, load_model
 
 
 def test_image_placeholders_with_an_unexpected_id_fail_loudly(tiny):

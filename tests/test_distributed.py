@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from vispec_bench.cli import main
-from vispec_bench.records import RunStore
+from vispec_bench.results.records import RunStore
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ["--model", "tiny-llava", "--methods", "oracle,eagle2", "--method-args", "eagle2.draft=random",

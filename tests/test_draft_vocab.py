@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from conftest import _WORK, decode_all, easyvqa_samples, prepared, tiny_by_name, trained_draft
-from vispec_bench.checkpoints import load_draft
-from vispec_bench.datagen import load_training_rows
-from vispec_bench.draft_vocab import frequent_tokens, to_draft, to_vocab, token_map_of
-from vispec_bench.training import TrainConfig, train
+from vispec_bench.drafts.checkpoints import load_draft
+from vispec_bench.drafts.datagen import load_training_rows
+from vispec_bench.drafts.vocab import frequent_tokens, to_draft, to_vocab, token_map_of
+from vispec_bench.drafts.training import TrainConfig, train
 
 
 def test_frequent_tokens_keeps_the_stop_tokens_and_breaks_ties_by_id():

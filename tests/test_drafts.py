@@ -8,16 +8,16 @@ from collections import Counter
 import pytest
 import torch
 
-import vispec_bench.engine as engine_module
+import vispec_bench.engine.decode as engine_module
 from conftest import (_WORK, GREEDY, TINY_MODELS, decode_all, easyvqa_samples, mean_tau, prepared, tiny_by_name,
                       trained_draft, two_image_messages)
 from methods.eagle2 import additive_mask, causal_visible
 from methods.medusa import default_tree
-from vispec_bench.acceptance import SamplingConfig, accept, target_probs
-from vispec_bench.checkpoints import DraftCheckpointError
+from vispec_bench.engine.acceptance import SamplingConfig, accept, target_probs
+from vispec_bench.drafts.checkpoints import DraftCheckpointError
 from vispec_bench.cli import main
-from vispec_bench.engine import decode
-from vispec_bench.training import TrainConfig, train
+from vispec_bench.engine.decode import decode
+from vispec_bench.drafts.training import TrainConfig, train
 @pytest.mark.parametrize("model", TINY_MODELS)
 @pytest.mark.parametrize("method", ["eagle2", "medusa"])
 def test_random_and_trained_drafts_reproduce_ar_in_float32(model, method):

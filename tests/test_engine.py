@@ -5,10 +5,10 @@ import torch
 
 from conftest import easyvqa_samples, tiny_by_name, two_image_messages
 from methods.oracle import OracleProposer
-from vispec_bench.acceptance import SamplingConfig
-from vispec_bench.engine import decode
-from vispec_bench.proposer import Proposer
-from vispec_bench.tree import DraftTree
+from vispec_bench.engine.acceptance import SamplingConfig
+from vispec_bench.engine.decode import decode
+from vispec_bench.engine.proposer import Proposer
+from vispec_bench.engine.draft_tree import DraftTree
 
 GREEDY = SamplingConfig()
 

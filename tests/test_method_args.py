@@ -1,7 +1,7 @@
 import pytest
 
 from methods.oracle import Oracle
-from vispec_bench.method import build_method, parse_method_args
+from vispec_bench.plugins.method import build_method, parse_method_args
 
 
 def test_method_args_are_typed_by_the_options_dataclass():

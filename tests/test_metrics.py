@@ -2,7 +2,7 @@
 
 import math
 
-from vispec_bench.metrics import summarize
+from vispec_bench.results.metrics import summarize
 
 
 def _record(sample, method, accepted, prefill, decode, match=True, score=1.0):

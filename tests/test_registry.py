@@ -4,7 +4,7 @@ from importlib import metadata
 
 import pytest
 
-from vispec_bench.registry import METHODS, Registry, RegistryError
+from vispec_bench.plugins.registry import METHODS, Registry, RegistryError
 
 
 def test_list_command_does_not_import_torch():
@@ -30,7 +30,7 @@ def test_duplicate_name_is_an_error():
 
 
 def test_aliases_resolve_to_the_entry():
-    from vispec_bench.registry import SUITES
+    from vispec_bench.plugins.registry import SUITES
 
     assert SUITES.get("easy-vqa").name == "easyvqa"
 

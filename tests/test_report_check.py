@@ -7,10 +7,10 @@ import statistics
 
 import pytest
 
-from vispec_bench.check import run_check
+from vispec_bench.results.check import run_check
 from vispec_bench.cli import main
-from vispec_bench.records import RunStore
-from vispec_bench.report import write_report
+from vispec_bench.results.records import RunStore
+from vispec_bench.results.report import write_report
 
 
 def _manifest(run_id, model="m", suite="s", dtype="float32", max_new_tokens=16, config_hash="h1", device="cpu-x"):
@@ -78,7 +78,7 @@ def test_summary_csv_numbers_match_independent_computation(tmp_path):
     assert spec["device"] == "cpu-x" and spec["model"] == "m" and spec["suite"] == "s"
     assert float(rows["ar"]["mean_accepted_length"]) == 1.0
     # The acceptance-per-depth and breakdown figures behind the plots.
-    from vispec_bench.metrics import acceptance_by_depth, round_breakdown
+    from vispec_bench.results.metrics import acceptance_by_depth, round_breakdown
 
     spec_records = [r for r in records if r["method"] == "spec"]
     # Five rounds, all reaching depth 3, accepting [2, 3, 0, 1, 0] draft tokens: >= 1 in 3, >= 2 in 2, >= 3 in 1.

@@ -10,9 +10,9 @@ import time
 import pytest
 
 from vispec_bench.cli import main
-from vispec_bench.config import RunConfig
-from vispec_bench.records import ConfigMismatchError, CorruptRecordsError, RunStore, load_records
-from vispec_bench.runner import Runner
+from vispec_bench.running.config import RunConfig
+from vispec_bench.results.records import ConfigMismatchError, CorruptRecordsError, RunStore, load_records
+from vispec_bench.running.runner import Runner
 
 SMALL = ["--model", "tiny-qwen25vl", "--methods", "oracle", "--suite", "easyvqa", "--max-new-tokens", "16",
          "--dtype", "float32", "--device", "cpu", "--no-progress"]

@@ -17,7 +17,7 @@ from suites.seedbench import SEEDBench
 from suites.vqa_normalize import CONTRACTIONS, normalize_answer
 from suites.vqav2 import VQAv2
 from vispec_bench.cli import main
-from vispec_bench.suite import LONG_ANSWER_INSTRUCTION
+from vispec_bench.plugins.suite import LONG_ANSWER_INSTRUCTION
 
 
 def lmms_task(task: str):

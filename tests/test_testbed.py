@@ -7,12 +7,12 @@ import torch
 
 from conftest import easyvqa_samples
 from methods.oracle import OracleProposer
-from vispec_bench.acceptance import SamplingConfig
-from vispec_bench.adapter import make_adapter
-from vispec_bench.engine import decode
-from vispec_bench.models import load_model
-from vispec_bench import testbed as testbed_module
-from vispec_bench.testbed import IMAGE_TOKEN, IMAGE_TOKEN_ID
+from vispec_bench.engine.acceptance import SamplingConfig
+from vispec_bench.engine.adapter import make_adapter
+from vispec_bench.engine.decode import decode
+from vispec_bench.models.loading import load_model
+from vispec_bench.models.testbed import model as testbed_module
+from vispec_bench.models.testbed.model import IMAGE_TOKEN, IMAGE_TOKEN_ID
 
 
 @functools.lru_cache(maxsize=None)

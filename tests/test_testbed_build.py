@@ -7,12 +7,12 @@ import torch
 
 from conftest import _WORK, easyvqa_samples, tiny_by_name
 from suites.easyvqa import EasyVQA, question_facts
-from vispec_bench import tree_sizing
-from vispec_bench.acceptance import SamplingConfig
+from vispec_bench.drafts import tree_settings
+from vispec_bench.engine.acceptance import SamplingConfig
 from vispec_bench.cli import main
-from vispec_bench.config import BuildConfig
-from vispec_bench.datagen import generate_batch
-from vispec_bench.engine import decode
+from vispec_bench.running.config import BuildConfig
+from vispec_bench.drafts.datagen import generate_batch
+from vispec_bench.engine.decode import decode
 
 
 def test_question_facts_read_shape_and_colour_from_questions_and_negations():
@@ -35,14 +35,14 @@ def test_long_answers_are_scored_for_naming_the_true_shape_or_colour():
 
 
 def test_tree_settings_per_device_and_auto_choice():
-    assert tree_sizing.resolve(0, 0, 0, "cpu")[0] == tree_sizing.DEVICE_DEFAULTS["cpu"]
-    assert tree_sizing.resolve(0, 0, 0, "cuda:0")[0] == tree_sizing.DEVICE_DEFAULTS["cuda"]
-    assert tree_sizing.resolve(4, 3, 12, "cpu")[1]["choice"] == "given"
+    assert tree_settings.resolve(0, 0, 0, "cpu")[0] == tree_settings.DEVICE_DEFAULTS["cpu"]
+    assert tree_settings.resolve(0, 0, 0, "cuda:0")[0] == tree_settings.DEVICE_DEFAULTS["cuda"]
+    assert tree_settings.resolve(4, 3, 12, "cpu")[1]["choice"] == "given"
     # Verification free (GPU-like): the largest tree wins; verification linear in size (CPU-like): a small one.
-    flat = {n + 1: 0.010 for n in (0, *tree_sizing.CANDIDATE_SIZES)}
-    linear = {n + 1: 0.010 * (n + 1) for n in (0, *tree_sizing.CANDIDATE_SIZES)}
-    assert tree_sizing.choose_total_token(flat, 0.001, 5)[0] == max(tree_sizing.CANDIDATE_SIZES)
-    assert tree_sizing.choose_total_token(linear, 0.001, 5)[0] == min(tree_sizing.CANDIDATE_SIZES)
+    flat = {n + 1: 0.010 for n in (0, *tree_settings.CANDIDATE_SIZES)}
+    linear = {n + 1: 0.010 * (n + 1) for n in (0, *tree_settings.CANDIDATE_SIZES)}
+    assert tree_settings.choose_total_token(flat, 0.001, 5)[0] == max(tree_settings.CANDIDATE_SIZES)
+    assert tree_settings.choose_total_token(linear, 0.001, 5)[0] == min(tree_settings.CANDIDATE_SIZES)
 
 
 def test_auto_tree_size_is_measured_and_recorded(tmp_path):
@@ -54,8 +54,8 @@ def test_auto_tree_size_is_measured_and_recorded(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "a" / "records.jsonl").read_text().splitlines()]
     by_method = {r["method"]: r for r in records}
     eagle = by_method["eagle2"]["tree_settings"]
-    assert eagle["choice"] == "auto" and eagle["total_token"] in tree_sizing.CANDIDATE_SIZES
-    assert set(eagle["verify_costs_ms"]) >= {str(n + 1) for n in tree_sizing.CANDIDATE_SIZES}
+    assert eagle["choice"] == "auto" and eagle["total_token"] in tree_settings.CANDIDATE_SIZES
+    assert set(eagle["verify_costs_ms"]) >= {str(n + 1) for n in tree_settings.CANDIDATE_SIZES}
     assert by_method["medusa"]["tree_settings"]["choice"] == "auto"
     assert all(r["equivalence"]["exact_match"] for r in records)
 
@@ -70,8 +70,8 @@ def test_batched_gen_data_gives_the_engines_greedy_answers():
 
 
 def test_testbed_build_at_toy_size_installs_weights_that_run_losslessly(tmp_path, monkeypatch):
-    from vispec_bench import testbed_build
-    from vispec_bench.testbed import WEIGHTS_ENV
+    from vispec_bench.models.testbed import build as testbed_build
+    from vispec_bench.models.testbed.model import WEIGHTS_ENV
 
     monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path / "unused"))  # build() points it at its own work directory
     config = BuildConfig(device="cpu", work=str(tmp_path / "work"), pretrain_steps=2, pretrain_batch=8,
@@ -105,8 +105,8 @@ def test_testbed_build_at_toy_size_installs_weights_that_run_losslessly(tmp_path
 
 
 def test_lora_hooks_during_training_equal_the_merged_weights_at_load():
-    from vispec_bench.testbed import build_untrained_testbed, merge_lora
-    from vispec_bench.testbed_build import LanguageLoRA
+    from vispec_bench.models.testbed.model import build_untrained_testbed, merge_lora
+    from vispec_bench.models.testbed.build import LanguageLoRA
 
     model, processor = build_untrained_testbed()
     ids = processor.tokenizer("a teal circle", return_tensors="pt")["input_ids"]

@@ -8,10 +8,10 @@ import torch
 from conftest import (GREEDY, TINY_MODELS, decode_all, easyvqa_samples, mean_tau, prepared, tiny_by_name,
                       trained_draft, two_image_messages)
 from methods.vispec import ViSpecNoAdaptor, ViSpecNoGlobal
-from vispec_bench.checkpoints import DraftCheckpointError
+from vispec_bench.drafts.checkpoints import DraftCheckpointError
 from vispec_bench.cli import main
-from vispec_bench.engine import decode
-from vispec_bench.registry import METHODS
+from vispec_bench.engine.decode import decode
+from vispec_bench.plugins.registry import METHODS
 
 VISPEC_METHODS = ["vispec", "vispec-noadaptor", "vispec-noglobal"]
 

@@ -52,14 +52,14 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
 def _run_defaults() -> dict:
     import dataclasses
 
-    from .config import RunConfig
+    from vispec_bench.running.config import RunConfig
 
     return {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
             for f in dataclasses.fields(RunConfig)}
 
 
 def cmd_list(args) -> int:
-    from .registry import METHODS, MODELS, SUITES
+    from vispec_bench.plugins.registry import METHODS, MODELS, SUITES
 
     chosen = [(flag, reg) for flag, reg in (("methods", METHODS), ("suites", SUITES), ("models", MODELS))
               if getattr(args, flag)] or [("methods", METHODS), ("suites", SUITES), ("models", MODELS)]
@@ -95,8 +95,8 @@ def format_summary(summary: dict) -> str:
 
 
 def cmd_run(args) -> int:
-    from .config import RunConfig
-    from .runner import Runner
+    from vispec_bench.running.config import RunConfig
+    from vispec_bench.running.runner import Runner
 
     methods = args.methods.split(",")
     if args.ablations:
@@ -120,7 +120,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_gen_data(args) -> int:
-    from .datagen import GenDataConfig, generate_data
+    from vispec_bench.drafts.datagen import GenDataConfig, generate_data
 
     config = GenDataConfig(model=args.model, suite=args.suite, split=args.split, fixtures=args.fixtures,
                            prompt_mode=args.prompt_mode,
@@ -133,7 +133,7 @@ def cmd_gen_data(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .training import TrainConfig, train
+    from vispec_bench.drafts.training import TrainConfig, train
 
     config = TrainConfig(method=args.method, model=args.model, data=args.data, out=args.out, steps=args.steps,
                          lr=args.lr, warmup_steps=args.warmup_steps, grad_clip=args.grad_clip,
@@ -151,7 +151,7 @@ def cmd_train(args) -> int:
 def cmd_report(args) -> int:
     from pathlib import Path
 
-    from .report import find_runs, write_report
+    from vispec_bench.results.report import find_runs, write_report
 
     run_dirs = find_runs(args.runs, args.runs_root)
     out = Path(args.out or f"reports/report-{__import__('time').strftime('%Y%m%d-%H%M%S')}")
@@ -161,17 +161,17 @@ def cmd_report(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from .check import run_check
+    from vispec_bench.results.check import run_check
 
     return run_check(args.target, args.baseline, args.max_speedup_drop, args.max_tau_drop,
                      write=args.write_baseline, strict=args.strict)
 
 
 def cmd_testbed_build(args) -> int:
-    from .models import resolve_device
-    from .runner import command_line
-    from .config import BuildConfig
-    from .testbed_build import build
+    from vispec_bench.models.loading import resolve_device
+    from vispec_bench.running.runner import command_line
+    from vispec_bench.running.config import BuildConfig
+    from vispec_bench.models.testbed.build import build
 
     fields = BuildConfig.__dataclass_fields__
     config = BuildConfig(**{k: v for k, v in vars(args).items() if k in fields})
@@ -257,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     testbed_sub = p_testbed.add_subparsers(dest="testbed_command", required=True)
     p_build = testbed_sub.add_parser("build", help="train the vision tower, generate draft data, train the drafts, "
                                                    "install the weights (resumable: re-run to continue)")
-    from .config import BuildConfig  # torch-free, like every parser default
+    from vispec_bench.running.config import BuildConfig  # torch-free, like every parser default
 
     defaults = BuildConfig()
     p_build.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .registry import MODELS, RegistryError
+from vispec_bench.plugins.registry import MODELS, RegistryError
 
 # model_type in config.json -> the HF class that runs it. Text-only families are for sanity runs.
 SUPPORTED_MODEL_TYPES = {

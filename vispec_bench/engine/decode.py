@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .acceptance import SamplingConfig, accept, first_token
-from .adapter import PreparedPrompt, TargetAdapter
-from .proposer import Proposer, RoundResult
+from vispec_bench.engine.acceptance import SamplingConfig, accept, first_token
+from vispec_bench.engine.adapter import PreparedPrompt, TargetAdapter
+from vispec_bench.engine.proposer import Proposer, RoundResult
 
 
 def synchronize(device: torch.device | str) -> None:

@@ -17,19 +17,19 @@ from pathlib import Path
 
 import torch
 
-from . import environment
-from .acceptance import SamplingConfig
-from .adapter import make_adapter
-from .distributed import init_from_environment, rank_device
-from .engine import decode
-from .instruments import GpuMonitor, PhaseTimer
-from .method import SampleContext, build_method, parse_method_args
-from .metrics import summarize
-from .models import load_model, resolve_device, resolve_dtype
-from .records import RunStore
-from .registry import METHODS
-from .config import RunConfig
-from .suite import make_suite, sample_ids_hash
+from vispec_bench.running import environment
+from vispec_bench.engine.acceptance import SamplingConfig
+from vispec_bench.engine.adapter import make_adapter
+from vispec_bench.running.distributed import init_from_environment, rank_device
+from vispec_bench.engine.decode import decode
+from vispec_bench.running.instruments import GpuMonitor, PhaseTimer
+from vispec_bench.plugins.method import SampleContext, build_method, parse_method_args
+from vispec_bench.results.metrics import summarize
+from vispec_bench.models.loading import load_model, resolve_device, resolve_dtype
+from vispec_bench.results.records import RunStore
+from vispec_bench.plugins.registry import METHODS
+from vispec_bench.running.config import RunConfig
+from vispec_bench.plugins.suite import make_suite, sample_ids_hash
 
 # Below this top-1/top-2 logit margin, a float32 divergence is a numerical tie between
 # differently shaped matmuls (DESIGN.md "Output equivalence"), counted and reported as such.

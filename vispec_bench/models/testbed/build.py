@@ -18,7 +18,7 @@ is skipped), all under a work directory (default $VISPEC_BENCH_CACHE/testbed-bui
 3. data — the target answers easy-VQA train questions in long-answer mode (gen-data).
 4. drafts — Medusa, EAGLE-2, then ViSpec (stage 2, initialised from the EAGLE-2 draft), all
    through `train` with a reduced draft vocabulary (token map from the generated answers).
-5. install — bf16 safetensors into vispec_bench/testbed_weights/ with provenance.json.
+5. install — bf16 safetensors into vispec_bench/models/testbed/weights/ with provenance.json.
 
 Why LoRA: with SmolLM2 frozen, the held-out accuracy plateaued near 69 % (step 300 of the
 first build; open shape/colour questions 16-30 %), far from the 90 % target (README).
@@ -38,9 +38,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .records import append_jsonl
-from .config import BuildConfig
-from .testbed import LORA_TARGETS, WEIGHTS_DIR, WEIGHTS_ENV, lora_key
+from vispec_bench.results.records import append_jsonl
+from vispec_bench.running.config import BuildConfig
+from vispec_bench.models.testbed.model import LORA_TARGETS, WEIGHTS_DIR, WEIGHTS_ENV, lora_key
 
 TRAINABLE = ("model.vision_tower.", "model.multi_modal_projector.")
 DRAFT_METHODS = ("medusa", "eagle2", "vispec")
@@ -231,8 +231,8 @@ def long_answer_examples(model, processor, examples: ShortAnswerExamples, count:
     """
     from suites.easyvqa import image_labels
 
-    from .datagen import greedy_answers
-    from .suite import LONG_ANSWER_INSTRUCTION
+    from vispec_bench.drafts.datagen import greedy_answers
+    from vispec_bench.plugins.suite import LONG_ANSWER_INSTRUCTION
 
     labels = image_labels("train")
     suite = examples.suite
@@ -398,7 +398,7 @@ def text_instructions(count: int, seed: int):
     part of the draft data that teaches the draft the target's plain-text style (ViSpec stage 1)."""
     from suites.easyvqa import COLORS, SHAPES
 
-    from .suite import Sample
+    from vispec_bench.plugins.suite import Sample
 
     rng = random.Random(seed)
     samples = []
@@ -410,13 +410,13 @@ def text_instructions(count: int, seed: int):
 
 
 def generate_draft_data(config: BuildConfig, work: Path, device: str) -> dict:
-    from .datagen import GenDataConfig, generate_data
+    from vispec_bench.drafts.datagen import GenDataConfig, generate_data
 
     gen = GenDataConfig(model="testbed", suite="easyvqa", split="train", prompt_mode="long",
                         limit=config.data_samples, seed=config.seed, max_new_tokens=config.data_max_new_tokens,
                         dtype="float32", device=device, batch_size=16)
     path = generate_data(gen, work / "data", extra_samples=text_instructions(config.data_samples // 5, config.seed))
-    from .datagen import load_training_rows
+    from vispec_bench.drafts.datagen import load_training_rows
 
     rows = load_training_rows(path)
     lengths = [len(ids) for ids in rows["answer_ids"]]
@@ -427,7 +427,7 @@ def generate_draft_data(config: BuildConfig, work: Path, device: str) -> dict:
 # --- stage 4: drafts -----------------------------------------------------------------------
 
 def train_drafts(config: BuildConfig, work: Path, device: str, log: StageLog) -> None:
-    from .training import TrainConfig, train
+    from vispec_bench.drafts.training import TrainConfig, train
 
     for method in DRAFT_METHODS:
         if _done(work, f"draft-{method}"):
@@ -450,13 +450,13 @@ def train_drafts(config: BuildConfig, work: Path, device: str, log: StageLog) ->
 # --- stage 5: install ----------------------------------------------------------------------
 
 def install(config: BuildConfig, work: Path, device: str, command: str, target: Path = WEIGHTS_DIR) -> Path:
-    """bf16 weights into the package (vispec_bench/testbed_weights) with how they were made."""
+    """bf16 weights into the package (vispec_bench/models/testbed/weights) with how they were made."""
     import shutil
 
     import transformers
 
-    from .checkpoints import load_draft, save_draft
-    from .environment import capture
+    from vispec_bench.drafts.checkpoints import load_draft, save_draft
+    from vispec_bench.running.environment import capture
 
     staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
@@ -509,8 +509,8 @@ def _check_settings(config: BuildConfig, work: Path) -> None:
 
 
 def build(config: BuildConfig, command: str = "") -> Path:
-    from .models import resolve_device
-    from .testbed import build_untrained_testbed
+    from vispec_bench.models.loading import resolve_device
+    from vispec_bench.models.testbed.model import build_untrained_testbed
 
     device = resolve_device(config.device)
     work = config.work_dir()

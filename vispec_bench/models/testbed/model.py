@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .config import cache_dir
+from vispec_bench.running.config import cache_dir
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 IMAGE_TOKEN = "<empty_output>"
@@ -31,7 +31,7 @@ IMAGE_TOKEN_ID = 16
 IMAGE_SIZE, PATCH_SIZE = 64, 8
 VISION_CONFIG = dict(model_type="clip_vision_model", hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
                      num_attention_heads=4, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE)
-WEIGHTS_DIR = Path(__file__).parent / "testbed_weights"
+WEIGHTS_DIR = Path(__file__).parent / "weights"
 WEIGHTS_ENV = "VISPEC_TESTBED_WEIGHTS"  # another directory of testbed weights (used by `testbed build`)
 SYSTEM_PROMPT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 CHAT_TEMPLATE = (

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .tree import DraftTree
+from vispec_bench.engine.draft_tree import DraftTree
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .adapter import PrefillOutput, PreparedPrompt, TargetAdapter
-from .tree import DraftTree
+from vispec_bench.engine.adapter import PrefillOutput, PreparedPrompt, TargetAdapter
+from vispec_bench.engine.draft_tree import DraftTree
 
 
 @dataclass
@@ -23,7 +23,7 @@ class RoundResult:
 class Proposer:
     """Base class. One instance decodes one sample; the method builds a fresh one per sample.
 
-    `acceptance_rule` is a rule from vispec_bench.acceptance; None means the lossless rule.
+    `acceptance_rule` is a rule from vispec_bench.engine.acceptance; None means the lossless rule.
     """
 
     acceptance_rule = None

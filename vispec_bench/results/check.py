@@ -21,7 +21,7 @@ import json
 import math
 from pathlib import Path
 
-from .records import MANIFEST, write_json_atomic
+from vispec_bench.results.records import MANIFEST, write_json_atomic
 
 COMPARABILITY = ("config_hash", "max_new_tokens", "temperature", "sample_ids_hash", "device")
 KEPT = ("model", "suite", "method", "dtype", "speedup_decode", "speedup_decode_std", "num_repeats",
@@ -46,7 +46,7 @@ def load_rows(path: str | Path) -> list[dict]:
     """Rows from a run directory (recomputed from its records) or a report directory (summary.csv)."""
     path = Path(path)
     if (path / MANIFEST).exists():
-        from .report import load_run, summary_rows
+        from vispec_bench.results.report import load_run, summary_rows
 
         rows = summary_rows([load_run(path)])
     elif (path / "summary.csv").exists():

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 
-from .acceptance import SamplingConfig
-from .adapter import make_adapter
-from .engine import decode
-from .models import load_model, resolve_device, resolve_dtype
-from .records import append_jsonl, load_records
-from .suite import make_suite
+from vispec_bench.engine.acceptance import SamplingConfig
+from vispec_bench.engine.adapter import make_adapter
+from vispec_bench.engine.decode import decode
+from vispec_bench.models.loading import load_model, resolve_device, resolve_dtype
+from vispec_bench.results.records import append_jsonl, load_records
+from vispec_bench.plugins.suite import make_suite
 
 
 @dataclass

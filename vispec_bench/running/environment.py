@@ -21,7 +21,7 @@ def _version(package: str) -> str | None:
 
 
 def git_state(path: Path | None = None) -> dict:
-    path = path or Path(__file__).resolve().parent.parent
+    path = path or Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=10)
         if commit.returncode != 0:

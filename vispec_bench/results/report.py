@@ -1,7 +1,7 @@
 """`report`: runs -> index.md, a self-contained index.html, summary.csv and PNG plots.
 
 Reads only run directories (manifest.json + records.jsonl); summaries are recomputed from the
-records with vispec_bench.metrics, so a report never trusts a stale summary.json. Runs of
+records with vispec_bench.results.metrics, so a report never trusts a stale summary.json. Runs of
 several models, suites and dates combine into one report; each run's environment is listed.
 """
 
@@ -12,8 +12,8 @@ import html
 import time
 from pathlib import Path
 
-from .metrics import summarize
-from .records import MANIFEST, RunStore
+from vispec_bench.results.metrics import summarize
+from vispec_bench.results.records import MANIFEST, RunStore
 
 CSV_COLUMNS = ["model", "suite", "method", "num_samples", "new_tokens", "mean_accepted_length",
                "mean_accepted_length_excl_bonus", "speedup_decode", "speedup_e2e", "speedup_decode_geomean",

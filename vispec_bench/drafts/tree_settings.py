@@ -51,7 +51,7 @@ def tau_prior(num_nodes: int) -> float:
 
 
 def median_seconds(call, device, repeats: int) -> float:
-    from .engine import synchronize
+    from vispec_bench.engine.decode import synchronize
 
     call()  # warm-up
     times = []

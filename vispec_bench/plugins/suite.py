@@ -61,7 +61,7 @@ def sample_ids_hash(sample_ids: list[str]) -> str:
 def make_suite(suite_name: str, prompt_mode: str, **source):
     """Instantiate a registered suite; `source` (split, path, name, revision, fixtures) entries
     that are None or False are left to the suite's defaults."""
-    from .registry import SUITES
+    from vispec_bench.plugins.registry import SUITES
 
     options = {key: value for key, value in source.items() if value not in (None, False)}
     suite_class = SUITES.load(suite_name)

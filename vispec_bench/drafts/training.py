@@ -27,14 +27,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .adapter import make_adapter
-from .checkpoints import check_target, load_draft, save_draft
-from .datagen import load_training_rows
-from .draft_vocab import BUFFER, set_token_map, token_map_of
-from .records import append_jsonl
-from .method import DraftMethod, build_method, parse_method_args
-from .models import load_model, resolve_device, resolve_dtype
-from .registry import METHODS
+from vispec_bench.engine.adapter import make_adapter
+from vispec_bench.drafts.checkpoints import check_target, load_draft, save_draft
+from vispec_bench.drafts.datagen import load_training_rows
+from vispec_bench.drafts.vocab import BUFFER, set_token_map, token_map_of
+from vispec_bench.results.records import append_jsonl
+from vispec_bench.plugins.method import DraftMethod, build_method, parse_method_args
+from vispec_bench.models.loading import load_model, resolve_device, resolve_dtype
+from vispec_bench.plugins.registry import METHODS
 
 STATE = "trainer_state.pt"
 LOG = "train_log.jsonl"

@@ -3,7 +3,7 @@
 An entry maps a name to a "module:attribute" string; nothing is imported until the entry is
 loaded, so `python -m vispec_bench list` never imports torch (lm-evaluation-harness style).
 Third-party packages add entries through the entry-point groups `vispec_bench.methods`,
-`vispec_bench.suites` and `vispec_bench.models`.
+`vispec_bench.suites` and `vispec_bench.models.loading`.
 """
 
 from __future__ import annotations
@@ -128,13 +128,13 @@ SUITES.register("seedbench", "suites.seedbench:SEEDBench", "SEED-Bench image que
 SUITES.register("scienceqa", "suites.scienceqa:ScienceQA", "ScienceQA-IMG test, lmms-eval scienceqa_img",
                 aliases=("sqa",))
 SUITES.register("vqav2", "suites.vqav2:VQAv2", "VQAv2 validation, ten-annotator accuracy, lmms-eval vqav2_val")
-MODELS.register("testbed", "vispec_bench.testbed:build_testbed",
+MODELS.register("testbed", "vispec_bench.models.testbed.model:build_testbed",
                 "SmolLM2-135M-Instruct (real weights) + trained 64x64 vision tower in LLaVA (needs the built weights)")
-MODELS.register("testbed-untrained", "vispec_bench.testbed:build_untrained_testbed",
+MODELS.register("testbed-untrained", "vispec_bench.models.testbed.model:build_untrained_testbed",
                 "the testbed with a seeded random vision tower: real language model, for pipeline checks")
-MODELS.register("tiny-llava", "vispec_bench.tiny_models:build_tiny_llava",
+MODELS.register("tiny-llava", "vispec_bench.models.tiny:build_tiny_llava",
                 "random-init LlavaForConditionalGeneration with a locally trained BPE tokenizer")
-MODELS.register("tiny-llava-next", "vispec_bench.tiny_models:build_tiny_llava_next",
+MODELS.register("tiny-llava-next", "vispec_bench.models.tiny:build_tiny_llava_next",
                 "random-init LlavaNextForConditionalGeneration (any-resolution tiling)")
-MODELS.register("tiny-qwen25vl", "vispec_bench.tiny_models:build_tiny_qwen25vl",
+MODELS.register("tiny-qwen25vl", "vispec_bench.models.tiny:build_tiny_qwen25vl",
                 "random-init Qwen2_5_VLForConditionalGeneration (3-D mrope)")

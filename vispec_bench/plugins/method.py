@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .adapter import TargetAdapter
-from .proposer import Proposer
+from vispec_bench.engine.adapter import TargetAdapter
+from vispec_bench.engine.proposer import Proposer
 
 
 @dataclass
@@ -78,7 +78,7 @@ class DraftMethod(Method):
 
     def load_draft_network(self, adapter):
         """The draft the options ask for, on the target's device and dtype, in eval mode."""
-        from .checkpoints import check_target, load_draft
+        from vispec_bench.drafts.checkpoints import check_target, load_draft
 
         source = self.options.draft or getattr(adapter.model, "vispec_default_drafts", {}).get(self.name, "")
         if not source:
@@ -96,8 +96,8 @@ class DraftMethod(Method):
         return draft.to(device=adapter.device, dtype=adapter.dtype).eval()
 
     def load_checkpoint(self, draft, checkpoint, source: str) -> None:
-        from .checkpoints import load_matching
-        from .draft_vocab import BUFFER, set_token_map
+        from vispec_bench.drafts.checkpoints import load_matching
+        from vispec_bench.drafts.vocab import BUFFER, set_token_map
 
         # a reduced draft vocabulary is data that comes with the checkpoint, whatever the options say
         set_token_map(draft, checkpoint.state_dict.get(BUFFER))
@@ -106,14 +106,14 @@ class DraftMethod(Method):
 
     def fit_to_data(self, draft, answer_rows, adapter) -> None:
         """Before training from scratch: fit the reduced draft vocabulary (option `vocab`, 0 = full)."""
-        from .draft_vocab import frequent_tokens, set_token_map
+        from vispec_bench.drafts.vocab import frequent_tokens, set_token_map
 
         size = getattr(self.options, "vocab", 0)
         if size and size < adapter.vocab_size:
             set_token_map(draft, frequent_tokens(answer_rows, size, list(adapter.eos_token_ids)))
 
     def checkpoint_config(self, adapter) -> dict:
-        from .checkpoints import target_signature
+        from vispec_bench.drafts.checkpoints import target_signature
 
         return {"method": self.name, "options": vars(self.options).copy(), "target": target_signature(adapter)}
 
