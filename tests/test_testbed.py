@@ -1,4 +1,4 @@
-"""The testbed VLM on the real SmolLM2-135M weights (vision tower untrained until issue 7 ships it)."""
+"""The testbed VLM on the real SmolLM2-135M weights (a seeded random vision tower: testbed-untrained)."""
 
 import functools
 
@@ -46,7 +46,6 @@ def test_ar_equals_hf_generate_and_speculation_is_lossless_on_the_real_language_
     assert oracle.new_ids == ar.new_ids and max(oracle.accepted_lengths) == 5
 
 
-def test_testbed_without_built_weights_says_how_to_get_them(tmp_path, monkeypatch):
-    monkeypatch.setenv(testbed_module.WEIGHTS_ENV, str(tmp_path))  # an install without the weights
+def test_testbed_without_built_weights_says_how_to_get_them(tmp_path):
     with pytest.raises(testbed_module.TestbedError, match="testbed build"):
-        load_model("testbed", torch.float32, "cpu")
+        testbed_module.build_testbed(weights_dir=tmp_path)  # a directory without the weights

