@@ -1,6 +1,8 @@
 """`testbed build` end to end at toy sizes, tree sizing, batched gen-data and the easy-VQA labels."""
 
+import copy
 import json
+import os
 
 import pytest
 import torch
@@ -71,9 +73,12 @@ def test_batched_gen_data_gives_the_engines_greedy_answers():
 
 def test_testbed_build_at_toy_size_installs_weights_that_run_losslessly(tmp_path, monkeypatch):
     from vispec_bench.models.testbed import build as testbed_build
+    from vispec_bench.models.testbed.build.vision import load_resume_state
     from vispec_bench.models.testbed.model import WEIGHTS_ENV
 
-    monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path / "unused"))  # build() points it at its own work directory
+    # The stages get the work directory's weights as an argument: an environment pointing at a
+    # directory without weights neither breaks the build nor is rewritten by it.
+    monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path / "unused"))
     config = BuildConfig(device="cpu", work=str(tmp_path / "work"), pretrain_steps=2, pretrain_batch=8,
                          vision_steps=2, eval_every=2, eval_questions=4, vision_long_examples=3, data_samples=5,
                          data_max_new_tokens=12,
@@ -81,8 +86,13 @@ def test_testbed_build_at_toy_size_installs_weights_that_run_losslessly(tmp_path
     work = testbed_build.build(config, command="test")
     for stage in ("pretrain", "vision", "data", "draft-medusa", "draft-eagle2", "draft-vispec"):
         assert (work / f"{stage}.done.json").exists(), stage
+    assert os.environ[WEIGHTS_ENV] == str(tmp_path / "unused")
     data = json.loads((work / "data.done.json").read_text())
     assert data["rows"] == 6 and data["text_only_rows"] == 1
+    evaluations = [e for e in map(json.loads, (work / "build_log.jsonl").read_text().splitlines())
+                   if e.get("stage") == "vision" and "eval_accuracy" in e]
+    assert json.loads((work / "vision.done.json").read_text())["accuracy"] == max(e["eval_accuracy"] for e in evaluations)
+    assert load_resume_state(work / "vision_state.pt", "cpu")["step"] == 2  # loads without unpickling objects
     # Re-running skips finished stages; changing a finished stage's settings is refused.
     log_lines = len((work / "build_log.jsonl").read_text().splitlines())
     testbed_build.build(config, command="test")
@@ -106,7 +116,7 @@ def test_testbed_build_at_toy_size_installs_weights_that_run_losslessly(tmp_path
 
 def test_lora_hooks_during_training_equal_the_merged_weights_at_load():
     from vispec_bench.models.testbed.model import build_untrained_testbed, merge_lora
-    from vispec_bench.models.testbed.build import LanguageLoRA
+    from vispec_bench.models.testbed.build.vision import LanguageLoRA
 
     model, processor = build_untrained_testbed()
     ids = processor.tokenizer("a teal circle", return_tensors="pt")["input_ids"]
@@ -121,3 +131,75 @@ def test_lora_hooks_during_training_equal_the_merged_weights_at_load():
     with torch.no_grad():
         merged = model.model.language_model(input_ids=ids).last_hidden_state
     torch.testing.assert_close(merged, hooked, rtol=1e-4, atol=1e-4)
+
+
+def test_pretraining_the_tower_with_zero_steps_only_evaluates_the_probes():
+    from vispec_bench.models.testbed.build.pretrain import pretrain_tower
+
+    loaded, _ = tiny_by_name("tiny-llava")
+    model = copy.deepcopy(loaded.model)  # the cached tiny model stays untouched
+    before = {k: v.clone() for k, v in model.model.vision_tower.state_dict().items()}
+    logged = []
+    result = pretrain_tower(model, loaded.processor, BuildConfig(pretrain_steps=0, seed=0), None, "cpu",
+                            lambda **entry: logged.append(entry))
+    assert set(result) == {"probe_shape_accuracy_per_patch", "probe_color_accuracy_per_patch"}
+    assert logged == [{"stage": "pretrain", "steps": 0, "loss": None, **result}]
+    after = model.model.vision_tower.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_best_evaluation_keeps_the_best_accuracy_and_its_weights():
+    from vispec_bench.models.testbed.build.vision import BestEvaluation
+
+    loaded, _ = tiny_by_name("tiny-llava")
+    model = copy.deepcopy(loaded.model)
+    projector = model.model.multi_modal_projector.linear_1.weight
+    key = "model.multi_modal_projector.linear_1.weight"
+
+    def at(value):  # the "trained" projector after some step
+        with torch.no_grad():
+            projector.fill_(value)
+        return model
+
+    best = BestEvaluation.of(0, 0.25, at(0.0), None)
+    assert best.offer(100, 0.75, at(1.0), None)
+    assert not best.offer(200, 0.5, at(2.0), None)  # worse: the step-100 weights stay the best
+    assert best.record() == {"step": 100, "accuracy": 0.75} and float(best.weights[key][0, 0]) == 1.0
+    best.restore(model, None)
+    assert float(projector.detach()[0, 0]) == 1.0
+    assert best.offer(300, 0.75, at(3.0), None) and best.step == 300  # a tie goes to the longer-trained weights
+
+
+UNPICKLED = []  # what RunsCodeWhenUnpickled ran
+
+
+def _record_unpickling():
+    UNPICKLED.append("ran")
+    return "ran"
+
+
+class RunsCodeWhenUnpickled:
+    """Unpickling this object calls a function: what a hostile state file could do with any code."""
+
+    def __reduce__(self):
+        return _record_unpickling, ()
+
+
+def test_vision_resume_state_loads_without_unpickling_objects(tmp_path):
+    from vispec_bench.models.testbed.build.vision import load_resume_state, save_resume_state
+
+    layer = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(layer.parameters(), lr=1e-3)
+    layer(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    state = {"weights": layer.state_dict(), "lora": None, "optimizer": optimizer.state_dict(), "step": 7,
+             "eval": {"step": 5, "accuracy": 0.5}, "best_weights": {"w": torch.zeros(2)}, "best_lora": None}
+    save_resume_state(tmp_path / "vision_state.pt", state)
+    loaded = load_resume_state(tmp_path / "vision_state.pt", "cpu")
+    assert loaded["step"] == 7 and loaded["eval"] == {"step": 5, "accuracy": 0.5}
+    torch.testing.assert_close(loaded["optimizer"]["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
+    # A state file with a pickled object is refused with a clear error, and the object's code never runs.
+    torch.save({**state, "extra": RunsCodeWhenUnpickled()}, tmp_path / "hostile.pt")
+    with pytest.raises(ValueError, match="other pickled objects"):
+        load_resume_state(tmp_path / "hostile.pt", "cpu")
+    assert UNPICKLED == []

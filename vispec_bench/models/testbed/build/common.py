@@ -1,0 +1,53 @@
+"""What every stage of the testbed build shares: the work directory's log and done markers, and
+the testbed loaded from the work directory's weights (passed as an argument, never through the
+environment)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from vispec_bench.results.records import append_jsonl
+
+TRAINABLE = ("model.vision_tower.", "model.multi_modal_projector.")  # the parameters the build trains and ships
+DRAFT_METHODS = ("medusa", "eagle2", "vispec")  # in training order: ViSpec starts from the EAGLE-2 draft
+
+
+class StageLog:
+    """One JSON line per event in WORK/build_log.jsonl, echoed to stderr."""
+
+    def __init__(self, work: Path):
+        self.path = work / "build_log.jsonl"
+
+    def __call__(self, **entry) -> None:
+        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **entry}
+        append_jsonl(self.path, entry)
+        print(" ".join(f"{k}={v}" for k, v in entry.items()), file=sys.stderr, flush=True)
+
+
+def stage_done(work: Path, stage: str) -> dict | None:
+    """What a finished stage recorded, or None while it has not finished."""
+    marker = work / f"{stage}.done.json"
+    return json.loads(marker.read_text()) if marker.exists() else None
+
+
+def mark_stage_done(work: Path, stage: str, info: dict) -> None:
+    (work / f"{stage}.done.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
+def weights_of(work: Path) -> Path:
+    """The work directory's testbed weights (vision.safetensors; later stages load the target from here)."""
+    return work / "weights"
+
+
+def load_built_testbed(work: Path, device: str, seed: int):
+    """The testbed as `--model testbed` loads it, but from this build's own weights, float32."""
+    from vispec_bench.models.loading import LoadedModel
+    from vispec_bench.models.testbed.model import build_testbed
+
+    model, processor = build_testbed(dtype=torch.float32, device=device, seed=seed, weights_dir=weights_of(work))
+    return LoadedModel(model=model, processor=processor, name="testbed", source="registry")

@@ -1,0 +1,35 @@
+"""Stage 4 of the testbed build: the Medusa, EAGLE-2 and ViSpec drafts, trained with `train` on the
+stage-3 data against the testbed of WORK/weights, each with a reduced draft vocabulary."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from vispec_bench.models.testbed.build.common import (DRAFT_METHODS, StageLog, load_built_testbed, mark_stage_done,
+                                                      stage_done)
+from vispec_bench.running.config import BuildConfig
+
+
+def train_drafts(config: BuildConfig, work: Path, device: str, log: StageLog) -> None:
+    """Each draft not yet done: train it (resuming its checkpoint if one was started), then mark it done."""
+    from vispec_bench.drafts.training import TrainConfig, train
+
+    for method in DRAFT_METHODS:
+        if stage_done(work, f"draft-{method}"):
+            continue
+        started = time.time()
+        out = work / "drafts" / method
+        init = str(work / "drafts" / "eagle2") if method == "vispec" else None  # ViSpec stage 2 from stage 1
+        steps = config.draft_steps // 2 if method == "vispec" else config.draft_steps
+        train_config = TrainConfig(method=method, model="testbed", data=str(work / "data"), out=str(out), steps=steps,
+                                   lr=1e-3, eval_every=max(50, steps // 6), save_every=100, seed=config.seed,
+                                   dtype="float32", device=device, init=init,
+                                   method_args=[f"{method}.vocab={config.draft_vocab}"],
+                                   resume=(out / "trainer_state.pt").exists())
+        train(train_config, log=lambda message: log(stage=f"draft-{method}", message=message),
+              loaded=load_built_testbed(work, device, config.seed))
+        accuracy = json.loads((out / "draft_config.json").read_text())["training"]["eval_accuracy"]
+        mark_stage_done(work, f"draft-{method}", {"steps": steps, "eval_accuracy": accuracy,
+                                                  "seconds": round(time.time() - started, 1)})

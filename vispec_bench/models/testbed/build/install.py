@@ -1,0 +1,53 @@
+"""Stage 5 of the testbed build: the bf16 weights and drafts into the package, with provenance.json
+(how they were made: command, settings, environment, every stage's result and the build log)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from vispec_bench.models.testbed.build.common import DRAFT_METHODS, weights_of
+from vispec_bench.models.testbed.model import WEIGHTS_DIR
+from vispec_bench.running.config import BuildConfig
+
+
+def install(config: BuildConfig, work: Path, device: str, command: str, target: Path = WEIGHTS_DIR) -> Path:
+    """bf16 weights into the package (vispec_bench/models/testbed/weights) with how they were made."""
+    import shutil
+
+    import transformers
+
+    from vispec_bench.drafts.checkpoints import load_draft, save_draft
+    from vispec_bench.running.environment import capture
+
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    shutil.copy(weights_of(work) / "vision.safetensors", staging / "vision.safetensors")
+    for method in DRAFT_METHODS:
+        checkpoint = load_draft(work / "drafts" / method)
+        save_draft(staging / "drafts" / method, checkpoint.state_dict, checkpoint.config, dtype=torch.bfloat16)
+    stages = {path.name.removesuffix(".done.json"): json.loads(path.read_text())
+              for path in sorted(work.glob("*.done.json"))}
+    # Stage-level lines of the build log (not per-step ones): they show every resume and
+    # eval, so a build made in several runs says so next to its weights.
+    log_path = work / "build_log.jsonl"
+    history = [entry for entry in map(json.loads, log_path.read_text().splitlines() if log_path.exists() else [])
+               if "message" not in entry]
+    provenance = {"command": command, "build_config": asdict(config), "device": device,
+                  "environment": capture(device), "torch": torch.__version__,
+                  "transformers": transformers.__version__, "python": platform.python_version(),
+                  "stages": stages, "history": history, "installed": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                  "total_seconds": round(sum(s.get("seconds", 0) for s in stages.values()), 1),
+                  "bytes": {str(p.relative_to(staging)): p.stat().st_size
+                            for p in sorted(staging.rglob("*")) if p.is_file()}}
+    (staging / "provenance.json").write_text(json.dumps(provenance, indent=2, default=str) + "\n")
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target
+
