@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from vispec_bench.running.instruments import synchronize
+
 
 @dataclass(frozen=True)
 class TreeSettings:
@@ -51,8 +53,6 @@ def tau_prior(num_nodes: int) -> float:
 
 
 def median_seconds(call, device, repeats: int) -> float:
-    from vispec_bench.engine.decode import synchronize
-
     call()  # warm-up
     times = []
     for _ in range(repeats):
