@@ -196,7 +196,7 @@ def _distribution_matches(pairs, exact: ExactTarget) -> tuple[bool, float, float
 
 
 def broken_bonus_accept(logits, tree, config, generator):
-    """EAGLE's old bug (ANCHORS.md mistake 5): the bonus token ignores temperature and top-p."""
+    """A bug the reference EAGLE code once had: the bonus token ignores temperature and top-p."""
     path, _ = accept(logits, tree, config, generator)
     raw = torch.softmax(logits[path[-1]].float(), dim=-1)
     return path, int(torch.multinomial(raw, 1, generator=generator))

