@@ -16,18 +16,15 @@ SHORT_ANSWER_INSTRUCTION = "Answer the question using a single word."
 
 class EasyVQA(Suite):
     name = "easyvqa"
+    splits = ("test", "train")
 
-    def __init__(self, prompt_mode="long", split: str | None = "test", fixtures: bool = False):
+    def __init__(self, prompt_mode="long", split: str | None = None, fixtures: bool = False):
         # `fixtures` changes nothing: easy-VQA's images and questions ship inside the package,
         # so the real suite is always offline.
-        super().__init__(prompt_mode)
-        split = split or "test"
+        super().__init__(prompt_mode, split)  # checks the split against `splits`
         import easy_vqa  # imported here: the package installs a stray top-level `test`; use only easy_vqa
 
-        if split not in ("train", "test"):
-            raise ValueError(f"easy-VQA split must be train or test, got {split!r}")
-        self.split = split
-        if split == "test":
+        if self.split == "test":
             self.questions, self.answers, self.image_ids = easy_vqa.get_test_questions()
             self.image_paths = easy_vqa.get_test_image_paths()
         else:

@@ -3,8 +3,13 @@
 Prompts reproduce lmms-eval's `doc_to_text` with each task's default kwargs; scores reproduce
 its `process_results` + aggregation (all four aggregate to the mean of per-sample scores).
 The images go first in the user turn (separated by a space), then the text, as lmms-eval's
-LLaVA model places them. In long-answer mode the task's short-answer post-prompt is replaced by the papers'
-instruction (vispec_bench.plugins.suite.LONG_ANSWER_INSTRUCTION).
+LLaVA model places them. In long-answer mode (the default, as everywhere) the task's
+short-answer post-prompt is replaced by the papers' instruction
+(vispec_bench.plugins.suite.LONG_ANSWER_INSTRUCTION).
+
+Loading keeps the split as `datasets` opens it (Arrow, memory-mapped): no row is read until it
+is chosen. `keep` sees only the `keep_columns` of each row, images undecoded, so selecting
+`--limit` samples decodes the images of the chosen rows and no others.
 """
 
 from __future__ import annotations
@@ -32,17 +37,38 @@ class DatasetSource:
 class HubSuite(Suite):
     name = ""
     default_source: DatasetSource
+    splits = None  # any split the dataset holds; loading it fails clearly if it is absent
+    keep_columns: tuple[str, ...] = ()  # the columns `keep` reads; none: every row is a candidate
 
-    def __init__(self, prompt_mode="short", split: str | None = None, path: str | None = None,
+    def __init__(self, prompt_mode="long", split: str | None = None, path: str | None = None,
                  name: str | None = None, revision: str | None = None, fixtures: bool = False):
-        super().__init__(prompt_mode)
         default = self.default_source
+        super().__init__(prompt_mode, split or default.split)
+        if type(self).keep is not HubSuite.keep and not self.keep_columns:
+            raise TypeError(f"{type(self).__name__} overrides keep() but declares no keep_columns (the columns it reads)")
+        if fixtures and self.split != default.split:
+            raise ValueError(f"{self.name}: the bundled fixtures hold only the {default.split!r} split, "
+                             f"not {self.split!r}")
         self.source = DatasetSource(path or default.path, name if name is not None else default.name,
-                                    split or default.split, revision or default.revision)
+                                    self.split, revision or default.revision)
         self.fixtures = fixtures
-        self.docs = [doc for doc in self._load() if self.keep(doc)]
-        if not self.docs:
+        self.dataset = self._load()
+        self.row_indices = self._kept_rows()  # candidate i is dataset row row_indices[i]
+        if not self.row_indices:
             raise SuiteDataError(f"{self.name}: no usable rows in {self.describe_source()}")
+
+    def _kept_rows(self) -> list[int]:
+        """Indices of the rows `keep` admits, read from `keep_columns` alone with images undecoded
+        (Arrow rows as plain data: an image is {"bytes", "path"} or None)."""
+        if not self.keep_columns:
+            return list(range(len(self.dataset)))
+        columns = self.dataset.select_columns(list(self.keep_columns)).with_format("arrow")
+        kept, offset = [], 0
+        for batch in columns.iter(batch_size=1024):
+            rows = batch.to_pylist()
+            kept += [offset + i for i, row in enumerate(rows) if self.keep(row)]
+            offset += len(rows)
+        return kept
 
     def describe_source(self) -> str:
         if self.fixtures:
@@ -74,6 +100,7 @@ class HubSuite(Suite):
 
     # --- what each task defines -----------------------------------------------------------------
     def keep(self, doc) -> bool:
+        """Whether a row is a candidate; `doc` holds only `keep_columns`, images undecoded."""
         return True
 
     def doc_to_text(self, doc) -> str:
@@ -93,10 +120,14 @@ class HubSuite(Suite):
 
     # --- the Suite interface --------------------------------------------------------------------
     def num_candidates(self) -> int:
-        return len(self.docs)
+        return len(self.row_indices)
+
+    def doc(self, index: int) -> dict:
+        """Candidate `index` as a full row, its images decoded (only this row's)."""
+        return self.dataset[self.row_indices[index]]
 
     def sample(self, index: int) -> Sample:
-        doc = self.docs[index]
+        doc = self.doc(index)
         images = self.doc_to_visual(doc)
         content = []
         for i, _ in enumerate(images):

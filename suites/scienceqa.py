@@ -10,6 +10,7 @@ SHORT_POST_PROMPT = "\nAnswer with the option's letter from the given choices di
 class ScienceQA(HubSuite):
     name = "scienceqa"
     default_source = DatasetSource("lmms-lab-encoder/ScienceQA", "ScienceQA-IMG", "test")
+    keep_columns = ("image",)
 
     def keep(self, doc) -> bool:
         return doc["image"] is not None

@@ -10,6 +10,7 @@ SHORT_POST_PROMPT = "Answer with the option's letter from the given choices dire
 class SEEDBench(HubSuite):
     name = "seedbench"
     default_source = DatasetSource("lmms-lab-encoder/SEED-Bench", None, "test")
+    keep_columns = ("data_type",)
 
     def keep(self, doc) -> bool:
         return doc["data_type"] == "image"  # the video questions need a video model

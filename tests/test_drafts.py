@@ -196,7 +196,7 @@ def _distribution_matches(pairs, exact: ExactTarget) -> tuple[bool, float, float
 
 
 def broken_bonus_accept(logits, tree, config, generator):
-    """EAGLE's old bug (ANCHORS.md mistake 5): the bonus token ignores temperature and top-p."""
+    """A bug the reference EAGLE code once had: the bonus token ignores temperature and top-p."""
     path, _ = accept(logits, tree, config, generator)
     raw = torch.softmax(logits[path[-1]].float(), dim=-1)
     return path, int(torch.multinomial(raw, 1, generator=generator))
@@ -267,12 +267,12 @@ def test_training_resumes_from_its_checkpoint(tmp_path):
     config = TrainConfig(method="medusa", model="tiny-llava", data=str(data), out=str(tmp_path / "ck"), steps=20,
                          save_every=10, eval_every=10, dtype="float32", device="cpu")
     train(config, progress=False, log=lambda m: None)
-    state = torch.load(tmp_path / "ck" / "trainer_state.pt", weights_only=False)
+    state = torch.load(tmp_path / "ck" / "trainer_state.pt", weights_only=True)
     assert state["step"] == 20
     with pytest.raises(FileExistsError, match="--resume"):
         train(config, progress=False, log=lambda m: None)
     longer = TrainConfig(**{**config.__dict__, "steps": 30, "resume": True})
     train(longer, progress=False, log=lambda m: None)
-    assert torch.load(tmp_path / "ck" / "trainer_state.pt", weights_only=False)["step"] == 30
+    assert torch.load(tmp_path / "ck" / "trainer_state.pt", weights_only=True)["step"] == 30
     steps = [json.loads(line)["step"] for line in (tmp_path / "ck" / "train_log.jsonl").read_text().splitlines()]
     assert steps == [0, 10, 20, 30]

@@ -6,9 +6,12 @@ import torch
 from conftest import easyvqa_samples, tiny_by_name, two_image_messages
 from methods.oracle import OracleProposer
 from vispec_bench.engine.acceptance import SamplingConfig
+from vispec_bench.engine import decode as decode_module
 from vispec_bench.engine.decode import decode
 from vispec_bench.engine.proposer import Proposer
 from vispec_bench.engine.draft_tree import DraftTree
+from vispec_bench.running import instruments
+from vispec_bench.running.instruments import PhaseTimer
 
 GREEDY = SamplingConfig()
 
@@ -82,6 +85,51 @@ def test_branching_tree_with_wrong_siblings_matches_ar(tiny):
     result = decode(adapter, prompt, BranchingOracle(ar.new_ids, adapter.vocab_size), 30, GREEDY)
     assert result.new_ids == ar.new_ids
     assert max(result.accepted_lengths) == 4
+
+
+class MeddlingProposer(Proposer):
+    """Tries to rewrite the output it is shown, then proposes nothing."""
+
+    def __init__(self):
+        self.refusals = []
+
+    def propose(self, emitted, budget):
+        for meddle in (lambda: emitted.append(0), lambda: emitted.__setitem__(-1, 0), lambda: emitted.clear(),
+                       lambda: emitted[:].append(0)):  # the last one changes a copy, which is allowed
+            try:
+                meddle()
+            except (AttributeError, TypeError) as err:
+                self.refusals.append(type(err).__name__)
+        return None
+
+
+def test_a_proposer_cannot_change_the_emitted_ids(tiny):
+    _, adapter = tiny
+    prompt = _prompt(adapter, easyvqa_samples()[0])
+    ar = decode(adapter, prompt, None, 12, GREEDY)
+    proposer = MeddlingProposer()
+    result = decode(adapter, prompt, proposer, 12, GREEDY)
+    assert result.new_ids == ar.new_ids
+    assert len(proposer.refusals) == 3 * len(ar.accepted_lengths)  # append, item assignment, clear: every round
+
+
+def test_timed_decode_adds_no_synchronisation_and_the_phase_timer_splits_every_round(monkeypatch):
+    _, adapter = tiny_by_name("tiny-llava")
+    prompt = _prompt(adapter, easyvqa_samples()[0])
+    calls = {"engine": 0, "instruments": 0}
+    monkeypatch.setattr(decode_module, "synchronize", lambda device: calls.__setitem__("engine", calls["engine"] + 1))
+    monkeypatch.setattr(instruments, "synchronize",
+                        lambda device: calls.__setitem__("instruments", calls["instruments"] + 1))
+    oracle = decode(adapter, prompt, None, 12, GREEDY)
+    proposer = OracleProposer(oracle.new_ids, 3, False, adapter.vocab_size)
+    timed = decode(adapter, prompt, proposer, 12, GREEDY)
+    assert calls == {"engine": 6, "instruments": 0}  # start, first token, end; twice; the null timer adds none
+    timer = PhaseTimer("cpu")
+    profiled = decode(adapter, prompt, OracleProposer(oracle.new_ids, 3, False, adapter.vocab_size), 12, GREEDY,
+                      phase_timer=timer)
+    assert profiled.new_ids == timed.new_ids
+    assert len(timer.rounds) == timed.num_rounds and calls["instruments"] > 0
+    assert all({"draft", "verify", "accept_commit"} <= set(phases) for phases in timer.rounds)
 
 
 @pytest.mark.parametrize("name", ["tiny-llava-next", "tiny-qwen25vl", "tiny-llava"])

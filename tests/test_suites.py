@@ -40,6 +40,11 @@ def lmms_default_kwargs(task_dir: str, yaml_name: str) -> dict:
     return config["lmms_eval_specific_kwargs"]["default"]
 
 
+def docs_of(suite) -> list[dict]:
+    """Every candidate row of a (small, fixture) hub suite, images decoded."""
+    return [suite.doc(i) for i in range(suite.num_candidates())]
+
+
 def _same_images(ours, theirs):
     return [(i.size, i.tobytes()) for i in ours] == [(i.size, i.tobytes()) for i in theirs]
 
@@ -47,8 +52,8 @@ def _same_images(ours, theirs):
 def test_seedbench_prompt_and_score_match_lmms_eval():
     theirs = lmms_task("seedbench")
     suite = SEEDBench(prompt_mode="short", fixtures=True)
-    assert [d["data_type"] for d in suite.docs] == ["image"] * 3  # the video row is filtered out
-    for doc in suite.docs:
+    assert [d["data_type"] for d in docs_of(suite)] == ["image"] * 3  # the video row is filtered out
+    for doc in docs_of(suite):
         assert suite.doc_to_text(doc) == theirs.seed_doc_to_text(doc)
         assert _same_images(suite.doc_to_visual(doc), theirs.seed_doc_to_visual(doc))
         for response in ["A", "B", " a. red", "C is right", "d", "", "The answer is A", "B."]:
@@ -60,9 +65,9 @@ def test_scienceqa_prompt_and_score_match_lmms_eval():
     theirs = lmms_task("scienceqa")
     kwargs = lmms_default_kwargs("scienceqa", "scienceqa_img.yaml")
     suite = ScienceQA(prompt_mode="short", fixtures=True)
-    assert len(suite.docs) == 3  # the row without an image is filtered out
-    assert any(doc["hint"] for doc in suite.docs) and any(not doc["hint"] for doc in suite.docs)
-    for doc in suite.docs:
+    assert len(docs_of(suite)) == 3  # the row without an image is filtered out
+    assert any(doc["hint"] for doc in docs_of(suite)) and any(not doc["hint"] for doc in docs_of(suite))
+    for doc in docs_of(suite):
         assert suite.doc_to_text(doc) == theirs.sqa_doc_to_text(doc, kwargs)
         assert _same_images(suite.doc_to_visual(doc), theirs.sqa_doc_to_visual(doc))
         assert suite.references(doc) == [theirs.sqa_doc_to_target(doc)]
@@ -78,7 +83,7 @@ def test_vqav2_prompt_and_score_match_lmms_eval():
     theirs = lmms_task("vqav2")
     kwargs = lmms_default_kwargs("vqav2", "vqav2_val.yaml")
     suite = VQAv2(prompt_mode="short", fixtures=True)
-    for doc in suite.docs:
+    for doc in docs_of(suite):
         assert suite.doc_to_text(doc) == theirs.vqav2_doc_to_text(doc, kwargs)
         assert _same_images(suite.doc_to_visual(doc), theirs.vqav2_doc_to_visual(doc))
         for response in VQA_RESPONSES:
@@ -115,9 +120,9 @@ def test_mmmu_prompt_visuals_and_score_match_lmms_eval():
     # and check the flag is in its default state, so the comparison is with the default prompt.
     assert theirs.config["metadata"]["interleaved_format"] is False
     suite = MMMU(prompt_mode="short", fixtures=True)
-    assert {d["question_type"] for d in suite.docs} == {"multiple-choice", "open"}
-    assert max(len(suite.doc_to_visual(d)) for d in suite.docs) == 3  # an option can reference an image
-    for doc in suite.docs:
+    assert {d["question_type"] for d in docs_of(suite)} == {"multiple-choice", "open"}
+    assert max(len(suite.doc_to_visual(d)) for d in docs_of(suite)) == 3  # an option can reference an image
+    for doc in docs_of(suite):
         assert suite.doc_to_text(doc) == theirs.mmmu_doc_to_text(doc, kwargs)
         assert _same_images(suite.doc_to_visual(doc), theirs.mmmu_doc_to_visual(doc))
         for response in MMMU_RESPONSES[doc["question_type"]]:
@@ -130,7 +135,7 @@ def test_mmmu_unparseable_answer_gets_a_deterministic_letter():
     """Where nothing can be parsed, the reference draws from Python's global RNG (a score that
     changes between runs); we draw from an RNG seeded by the question id."""
     suite = MMMU(prompt_mode="short", fixtures=True)
-    doc = next(d for d in suite.docs if d["question_type"] == "multiple-choice")
+    doc = next(d for d in docs_of(suite) if d["question_type"] == "multiple-choice")
     scores = {suite.score_doc(doc, "no idea") for _ in range(20)}
     assert len(scores) == 1
 
@@ -138,7 +143,7 @@ def test_mmmu_unparseable_answer_gets_a_deterministic_letter():
 def test_long_answer_mode_replaces_the_short_answer_instruction():
     for suite_class in (SEEDBench, ScienceQA, VQAv2, MMMU):
         short, long = suite_class(prompt_mode="short", fixtures=True), suite_class(prompt_mode="long", fixtures=True)
-        doc = short.docs[0]
+        doc = short.doc(0)
         assert long.doc_to_text(doc).endswith(LONG_ANSWER_INSTRUCTION)
         assert LONG_ANSWER_INSTRUCTION not in short.doc_to_text(doc)
         assert long.doc_to_text(doc).split("\n")[0] == short.doc_to_text(doc).split("\n")[0]  # same question
@@ -149,7 +154,68 @@ def test_selection_is_fixed_by_the_seed():
     first = [s.sample_id for s in suite.select(2, seed=3)]
     assert first == [s.sample_id for s in suite.select(2, seed=3)]
     assert len(set(first)) == 2
-    assert {s.sample_id for s in suite.select(None, seed=0)} == {str(d["question_id"]) for d in suite.docs}
+    assert {s.sample_id for s in suite.select(None, seed=0)} == {str(d["question_id"]) for d in docs_of(suite)}
+
+
+def test_selection_keeps_the_seeded_choice_and_decodes_only_the_chosen_images(monkeypatch):
+    import datasets
+    from PIL import Image
+
+    decoded = set()  # the encoded payloads decoded (datasets decodes a list's first image twice)
+    decode_example = datasets.features.Image.decode_example
+    monkeypatch.setattr(datasets.features.Image, "decode_example",
+                        lambda self, value, *a, **k: decoded.add(value["bytes"]) or decode_example(self, value, *a, **k))
+
+    def image_cells(doc) -> int:
+        values = [v for value in doc.values() for v in (value if isinstance(value, list) else [value])]
+        return sum(isinstance(v, Image.Image) for v in values)
+
+    # The ids the seeded choice gave when the whole split was decoded first: they must not move.
+    expected = {(VQAv2, 2, 3): ["900011", "900012"], (VQAv2, 3, 0): ["900013", "900011", "900010"],
+                (ScienceQA, 2, 0): ["test-1", "test-2"], (ScienceQA, 2, 3): ["test-0", "test-2"],
+                (SEEDBench, 1, 0): ["102"], (SEEDBench, 2, 3): ["101", "103"],
+                (MMMU, 3, 0): ["validation_Biology_4", "validation_Math_2", "validation_Art_1"]}
+    for (suite_class, limit, seed), ids in expected.items():
+        suite = suite_class(fixtures=True)
+        assert not decoded, suite_class  # loading and filtering decode no image
+        samples = suite.select(limit, seed)
+        assert [s.sample_id for s in samples] == ids
+        assert len(decoded) == sum(image_cells(s.meta["doc"]) for s in samples)  # the chosen rows', no others
+        decoded.clear()
+
+
+def test_one_prompt_default_long_everywhere():
+    import dataclasses
+
+    from suites.easyvqa import EasyVQA
+    from vispec_bench.running.config import RunConfig
+
+    defaults = {field.name: field.default for field in dataclasses.fields(RunConfig)}
+    assert defaults["prompt_mode"] == "long"
+    for suite_class in (SEEDBench, ScienceQA, VQAv2, MMMU):
+        assert suite_class(fixtures=True).prompt_mode == "long"
+    assert EasyVQA().prompt_mode == "long"
+
+
+def test_split_is_honoured_or_refused_with_the_splits_there_are():
+    from suites.easyvqa import EasyVQA
+    from vispec_bench.plugins.suite import Suite, make_suite
+
+    class OneSplit(Suite):
+        name = "one-split"
+
+    assert OneSplit().split == "test"
+    with pytest.raises(ValueError, match="suite 'one-split' has no split 'train': it has test"):
+        OneSplit(split="train")
+    assert EasyVQA().split == "test"
+    train = make_suite("easyvqa", "long", split="train")
+    assert train.split == "train" and train.num_candidates() == 38575  # easy-VQA's train questions
+    assert train.select(1, seed=0)[0].sample_id.startswith("train-")
+    with pytest.raises(ValueError, match="has no split 'validation': it has test, train"):
+        EasyVQA(split="validation")
+    assert VQAv2(fixtures=True).split == "validation"
+    with pytest.raises(ValueError, match="fixtures hold only the 'validation' split, not 'train'"):
+        VQAv2(fixtures=True, split="train")
 
 
 def test_missing_dataset_offline_gives_one_clear_error():

@@ -1,4 +1,4 @@
-"""The testbed VLM on the real SmolLM2-135M weights (a seeded random vision tower: testbed-untrained)."""
+"""The testbed VLM on the real SmolLM2-135M weights (`testbed-untrained`: the seeded random vision tower)."""
 
 import functools
 

@@ -30,6 +30,7 @@ from torch import nn
 from vispec_bench.engine.adapter import make_adapter
 from vispec_bench.drafts.checkpoints import check_target, load_draft, save_draft
 from vispec_bench.drafts.datagen import load_training_rows
+from vispec_bench.drafts.resume_state import load_state, restore_rng_state, rng_state, save_state
 from vispec_bench.drafts.vocab import BUFFER, set_token_map, token_map_of
 from vispec_bench.results.records import append_jsonl
 from vispec_bench.plugins.method import DraftMethod, build_method, parse_method_args
@@ -199,14 +200,14 @@ def train(config: TrainConfig, progress: bool = True, log=print, loaded: LoadedM
     if config.resume:
         if not state_path.exists():
             raise FileNotFoundError(f"--resume: {state_path} does not exist; nothing to resume")
-        state = torch.load(state_path, map_location=device, weights_only=False)
+        state = load_state(state_path, required=("step", "optimizer", "scheduler", "rng"))
         saved = load_draft(out).state_dict
         set_token_map(draft, saved.get(BUFFER))
         draft.load_state_dict(saved)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_step = state["step"]
-        torch.set_rng_state(state["torch_rng"])
+        restore_rng_state(state["rng"], device)
         log(f"resuming training at step {start_step} of {config.steps}")
     elif (out / "draft.safetensors").exists():
         raise FileExistsError(f"{out} already holds a checkpoint; pass --resume to continue it or use a new --out")
@@ -221,8 +222,8 @@ def train(config: TrainConfig, progress: bool = True, log=print, loaded: LoadedM
                             "num_train_rows": len(train_rows), "num_eval_rows": len(eval_rows),
                             "num_processes": world}
         save_draft(out, draft.state_dict(), info)
-        torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "torch_rng": torch.get_rng_state()}, state_path)
+        save_state(state_path, {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                "rng": rng_state(device)})
 
     def write_log(entry: dict) -> None:
         append_jsonl(out / LOG, entry)

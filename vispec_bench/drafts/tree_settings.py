@@ -2,7 +2,7 @@
 
 Verifying a tree of n nodes costs one target forward over n tokens. On a GPU in eager mode
 that forward is memory-bound and costs about the same for 1 or 60 tokens; on a 2-core CPU it
-is compute-bound and a 30-node tree costs ~2.3 single-token steps (ANCHORS.md). One default
+is compute-bound and a 30-node tree costs ~2.3 single-token steps (measured on the testbed). One default
 cannot serve both, so:
 
 - `total_token=0` (the default) takes the device's defaults below;
@@ -22,6 +22,8 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
+
+from vispec_bench.running.instruments import synchronize
 
 
 @dataclass(frozen=True)
@@ -51,8 +53,6 @@ def tau_prior(num_nodes: int) -> float:
 
 
 def median_seconds(call, device, repeats: int) -> float:
-    from vispec_bench.engine.decode import synchronize
-
     call()  # warm-up
     times = []
     for _ in range(repeats):

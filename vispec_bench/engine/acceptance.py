@@ -15,8 +15,8 @@ Sampling: recursive rejection sampling over the children of each node (SpecInfer
 drawn from q, accept x with probability min(1, p(x) / q(x)); on rejection p <- norm(max(p - q, 0))
 and the next child is tried. A deterministic draft (top-k choice) is a point mass q = delta_x:
 accept with probability p(x), and on rejection p(x) <- 0. Temperature, top-k and top-p shape p
-at EVERY node, the bonus/recovered token included (the reference EAGLE code once forgot the
-bonus token; ANCHORS.md mistake 5). The output is distributed exactly as sampling the target.
+at EVERY node, the bonus/recovered token included (the reference EAGLE code once sampled the
+bonus token from the raw distribution). The output is distributed exactly as sampling the target.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
-"""Target adapters (DESIGN.md seam 1): one interface over HF VLM classes, driving HF's own modules.
+"""Target adapters (seam 1 of docs/architecture.md): one interface over HF VLM classes, driving HF's own modules.
 
 The adapter owns the target's KV cache for one sample at a time:
 
-    prompt = adapter.build_prompt(sample)        # chat template + image processing (untimed)
-    out = adapter.prefill(prompt)                # vision tower, projector, prompt forward
+    prompt = adapter.build_prompt(messages, images)   # chat template + image processing (untimed)
+    out = adapter.prefill(prompt)                     # vision tower, projector, prompt forward
     logits, hidden = adapter.forward(ids, depths, ancestor_mask)   # k tokens, tree-masked
-    adapter.commit(keep)                         # keep the accepted path, drop the rest
+    adapter.commit(keep, num_appended)                # keep the accepted path, drop the rest
 
 No modeling file is copied: prefill calls the HF base model (which merges image features and,
 for Qwen2.5-VL, computes the 3-D mrope positions); a forward pre-hook on its language model

@@ -1,4 +1,4 @@
-"""The decoding engine (DESIGN.md seam 3): one loop for AR and every speculative method.
+"""The decoding engine (seam 3 of docs/architecture.md): one loop for AR and every speculative method.
 
     prefill -> first token -> [propose -> verify tree in ONE target forward -> accept
     -> commit path to the KV cache -> emit accepted + closing token] until EOS or the cap.
@@ -16,12 +16,8 @@ import torch
 
 from vispec_bench.engine.acceptance import SamplingConfig, accept, first_token
 from vispec_bench.engine.adapter import PreparedPrompt, TargetAdapter
-from vispec_bench.engine.proposer import Proposer, RoundResult
-
-
-def synchronize(device: torch.device | str) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
+from vispec_bench.engine.proposer import EmittedIds, Proposer, RoundResult
+from vispec_bench.running.instruments import NULL_PHASE_TIMER, NullPhaseTimer, PhaseTimer, synchronize
 
 
 @dataclass
@@ -40,10 +36,11 @@ class DecodeResult:
 
 @torch.no_grad()
 def decode(adapter: TargetAdapter, prompt: PreparedPrompt, proposer: Proposer | None, max_new_tokens: int,
-           sampling: SamplingConfig, seed: int = 0, phase_timer=None) -> DecodeResult:
+           sampling: SamplingConfig, seed: int = 0,
+           phase_timer: PhaseTimer | NullPhaseTimer = NULL_PHASE_TIMER) -> DecodeResult:
     """Decode one prompt. `phase_timer` (an instruments.PhaseTimer) splits each round into
     draft / verify / accept_commit time; it synchronises at every phase, so it is for a
-    separate profiling pass, never for the timed run."""
+    separate profiling pass, never for the timed run (whose default null timer does nothing)."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     device = adapter.device
@@ -63,19 +60,18 @@ def decode(adapter: TargetAdapter, prompt: PreparedPrompt, proposer: Proposer | 
         result.prefill_s = t_first - t_start
         return result
     rule = accept
+    emitted_view = EmittedIds(emitted)  # proposers read the output through it, never change it
     if proposer is not None:
         rule = proposer.acceptance_rule or accept
         proposer.start(adapter, prompt, prefill, emitted[0])
 
     while True:
-        if phase_timer is not None:
-            phase_timer.start_round()
+        phase_timer.start_round()
         budget = max_new_tokens - len(emitted)
-        tree = proposer.propose(emitted, budget) if proposer is not None else None
+        tree = proposer.propose(emitted_view, budget) if proposer is not None else None
         if tree is not None and tree.max_depth >= budget:
             tree = tree.truncated(budget - 1)  # a round can emit at most `budget` tokens
-        if phase_timer is not None:
-            phase_timer.mark("draft")
+        phase_timer.mark("draft")
         if tree is None or tree.num_nodes == 1:
             verify_ids = torch.tensor([emitted[-1]], device=device)
             logits, hidden = adapter.forward(verify_ids)
@@ -85,8 +81,7 @@ def decode(adapter: TargetAdapter, prompt: PreparedPrompt, proposer: Proposer | 
             depths = torch.tensor(tree.depths, device=device)
             mask = tree.ancestor_mask().to(device)
             logits, hidden = adapter.forward(verify_ids, depths, mask)
-        if phase_timer is not None:
-            phase_timer.mark("verify")
+        phase_timer.mark("verify")
         path, closing = rule(logits, tree, sampling, generator)
         adapter.commit(path, num_appended=verify_ids.shape[0])
 
@@ -101,14 +96,12 @@ def decode(adapter: TargetAdapter, prompt: PreparedPrompt, proposer: Proposer | 
         # or the cap cut the path; so sum(accepted_lengths) + 1 == len(new_ids) always holds.
         result.accepted_lengths.append(len(emitted) - num_before)
         result.draft_depths.append(0 if tree is None else tree.max_depth)
-        if phase_timer is not None:
-            phase_timer.mark("accept_commit")
+        phase_timer.mark("accept_commit")
         if result.stop_reason:
             break
         if proposer is not None:
             proposer.absorb(RoundResult(path, path_tokens, hidden[path], closing))
-            if phase_timer is not None:
-                phase_timer.mark("draft")
+            phase_timer.mark("draft")
 
     synchronize(device)
     t_end = time.perf_counter()

@@ -1,7 +1,8 @@
-"""The proposer interface (DESIGN.md seam 2): the only code a speculative method implements."""
+"""The proposer interface (seam 2 of docs/architecture.md): the only code a speculative method implements."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,33 @@ class RoundResult:
     closing_token: int  # bonus/recovered token emitted after the path (the next root)
 
 
+class EmittedIds(Sequence[int]):
+    """A read-only view of the ids the engine has emitted so far, handed to `Proposer.propose`.
+
+    It wraps the engine's own list (no copy per round) and offers no way to change it, so a
+    proposer can read the output but never alter it. A slice is a new list (a copy)."""
+
+    __slots__ = ("_ids",)
+
+    def __init__(self, ids: list[int]):
+        self._ids = ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __getitem__(self, index):
+        return self._ids[index]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._ids)
+
+    def __contains__(self, token) -> bool:
+        return token in self._ids
+
+    def __repr__(self) -> str:
+        return f"EmittedIds({self._ids!r})"
+
+
 class Proposer:
     """Base class. One instance decodes one sample; the method builds a fresh one per sample.
 
@@ -31,8 +59,9 @@ class Proposer:
     def start(self, adapter: TargetAdapter, prompt: PreparedPrompt, prefill: PrefillOutput, first_token: int) -> None:
         """Called once after the target's prefill, inside the decode timing."""
 
-    def propose(self, emitted: list[int], budget: int) -> DraftTree | None:
-        """A draft tree rooted at emitted[-1]; `budget` = tokens left to the cap, so depth >= budget is wasted."""
+    def propose(self, emitted: EmittedIds, budget: int) -> DraftTree | None:
+        """A draft tree rooted at emitted[-1]; `budget` = tokens left to the cap, so depth >= budget is wasted.
+        `emitted` is read-only: the engine alone appends to the output."""
         raise NotImplementedError
 
     def absorb(self, result: RoundResult) -> None:

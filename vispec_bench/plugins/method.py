@@ -1,7 +1,7 @@
 """Methods: a name, an options dataclass with the defaults next to the method, and a proposer.
 
 Options are set from the CLI as `--method-args NAME.KEY=VALUE`; values are converted with the
-dataclass field's type, booleans strictly (ANCHORS.md mistake 6: `type=bool` makes "False" true).
+dataclass field's type, booleans strictly (argparse's `type=bool` would make "False" true).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 An entry maps a name to a "module:attribute" string; nothing is imported until the entry is
 loaded, so `python -m vispec_bench list` never imports torch (lm-evaluation-harness style).
 Third-party packages add entries through the entry-point groups `vispec_bench.methods`,
-`vispec_bench.suites` and `vispec_bench.models.loading`.
+`vispec_bench.suites` and `vispec_bench.models` (docs/extending.md).
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ METHODS.register("ar", "methods.ar:AR", "plain autoregressive decoding: the base
 METHODS.register("oracle", "methods.oracle:Oracle",
                  "diagnostic: proposes AR's own continuation, the engine's ceiling for a tree depth")
 METHODS.register("eagle2", "methods.eagle2:Eagle2",
-                 "EAGLE-2: one-layer feature draft + dynamic tree (depth 3, top_k 8, 30 nodes by default)")
+                 "EAGLE-2: one-layer feature draft + dynamic tree (depth/top_k/nodes per device by default)")
 METHODS.register("vispec", "methods.vispec:ViSpec",
                  "ViSpec: EAGLE-2 draft + vision adaptor (compressed image tokens) + global visual feature")
 METHODS.register("vispec-noadaptor", "methods.vispec:ViSpecNoAdaptor",

