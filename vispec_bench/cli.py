@@ -63,12 +63,18 @@ def cmd_list(args) -> int:
 
     chosen = [(flag, reg) for flag, reg in (("methods", METHODS), ("suites", SUITES), ("models", MODELS))
               if getattr(args, flag)] or [("methods", METHODS), ("suites", SUITES), ("models", MODELS)]
+    problems = []
     for title, registry in chosen:
         print(f"{title}:")
         for entry in registry.entries():
             source = "" if entry.source == "builtin" else f"  [{entry.source}]"
-            print(f"  {entry.name:<18} {entry.summary}{source}")
-    return 0
+            broken = "" if entry.error is None else "  [BROKEN]"
+            print(f"  {entry.name:<18} {entry.summary}{source}{broken}")
+        problems += registry.check() if args.check else registry.problems
+    if problems:
+        print("problems:")
+        print("\n".join(f"  {problem}" for problem in problems))
+    return 1 if args.check and problems else 0
 
 
 EXTRA_SCORE_LABELS = {"names_shape_or_color": "names_shape/color"}
@@ -189,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_list.add_argument("--methods", action="store_true")
     p_list.add_argument("--suites", action="store_true")
     p_list.add_argument("--models", action="store_true")
+    p_list.add_argument("--check", action="store_true",
+                        help="import every entry (torch included) and report those that fail; exit 1 if any")
     p_list.set_defaults(func=cmd_list)
     p_run = sub.add_parser("run", help="benchmark methods against AR on a suite")
     _add_run_arguments(p_run)
