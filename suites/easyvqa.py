@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+from vispec_bench.errors import InputError
 from vispec_bench.plugins.suite import LONG_ANSWER_INSTRUCTION, Sample, Suite
 
 SHORT_ANSWER_INSTRUCTION = "Answer the question using a single word."
@@ -25,7 +26,7 @@ class EasyVQA(Suite):
         import easy_vqa  # imported here: the package installs a stray top-level `test`; use only easy_vqa
 
         if split not in ("train", "test"):
-            raise ValueError(f"easy-VQA split must be train or test, got {split!r}")
+            raise InputError(f"easy-VQA split must be train or test, got {split!r}")
         self.split = split
         if split == "test":
             self.questions, self.answers, self.image_ids = easy_vqa.get_test_questions()

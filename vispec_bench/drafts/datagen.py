@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from vispec_bench.errors import InputError, MissingInputError
 from vispec_bench.engine.acceptance import SamplingConfig
 from vispec_bench.engine.adapter import make_adapter
 from vispec_bench.engine.decode import decode
@@ -75,7 +76,7 @@ def generate_data(config: GenDataConfig, out: str | Path, progress: bool = True,
     if settings_path.exists():
         stored = json.loads(settings_path.read_text())
         if stored != settings:
-            raise ValueError(f"{out} was generated with another config ({stored}); use a new --out")
+            raise InputError(f"{out} was generated with another config ({stored}); use a new --out")
     else:
         settings_path.write_text(json.dumps(settings, indent=2) + "\n")
     rows_path = out / "rows.jsonl"
@@ -174,7 +175,7 @@ def load_training_rows(data_dir: str | Path):
     data_dir = Path(data_dir)
     path = data_dir / "dataset" if (data_dir / "dataset").exists() else data_dir
     if not (path / "dataset_info.json").exists() and not (path / "state.json").exists():
-        raise FileNotFoundError(f"{data_dir} is not a gen-data output (no dataset/ with a saved `datasets` "
+        raise MissingInputError(f"{data_dir} is not a gen-data output (no dataset/ with a saved `datasets` "
                                 "dataset); run `python -m vispec_bench gen-data --out DIR` first")
     return datasets.load_from_disk(str(path))
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vispec_bench.errors import ExistingOutputError, InputError, MissingInputError
 from vispec_bench.engine.adapter import make_adapter
 from vispec_bench.drafts.checkpoints import check_target, load_draft, save_draft
 from vispec_bench.drafts.datagen import load_training_rows
@@ -166,7 +167,7 @@ def train(config: TrainConfig, progress: bool = True, log=print) -> Path:
     raw_args = parse_method_args(config.method_args, [config.method]).get(config.method, {})
     method = build_method(METHODS.load(config.method), config.method, raw_args)
     if not isinstance(method, DraftMethod):
-        raise ValueError(f"method {config.method!r} has no draft to train")
+        raise InputError(f"method {config.method!r} has no draft to train")
     loaded = load_model(config.model, dtype, device, seed=config.seed)
     adapter = make_adapter(loaded.model, loaded.processor)
     for param in loaded.model.parameters():
@@ -178,13 +179,13 @@ def train(config: TrainConfig, progress: bool = True, log=print) -> Path:
         method.load_checkpoint(draft, initial, source=config.init)
     dataset = load_training_rows(config.data)
     if len(dataset) == 0:
-        raise ValueError(f"{config.data} holds no training rows")
+        raise InputError(f"{config.data} holds no training rows")
     if not config.resume and token_map_of(draft) is None:
         method.fit_to_data(draft, dataset["answer_ids"], adapter)  # e.g. the reduced draft vocabulary
     trainer = method.make_trainer(draft, frozen_float_lm_head(adapter))
     train_rows, eval_rows = split_rows(list(dataset["sample_id"]), config.eval_fraction, config.seed)
     if len(train_rows) < world:
-        raise ValueError(f"{len(train_rows)} training rows cannot be shared by {world} processes")
+        raise InputError(f"{len(train_rows)} training rows cannot be shared by {world} processes")
     my_rows = train_rows[rank::world]  # this process's share
     source = FeatureSource(adapter, dataset, config.feature_cache_mb)
     optimizer = torch.optim.AdamW([p for p in draft.parameters() if p.requires_grad], lr=config.lr,
@@ -195,7 +196,7 @@ def train(config: TrainConfig, progress: bool = True, log=print) -> Path:
     state_path = out / STATE
     if config.resume:
         if not state_path.exists():
-            raise FileNotFoundError(f"--resume: {state_path} does not exist; nothing to resume")
+            raise MissingInputError(f"--resume: {state_path} does not exist; nothing to resume")
         state = torch.load(state_path, map_location=device, weights_only=False)
         saved = load_draft(out).state_dict
         set_token_map(draft, saved.get(BUFFER))
@@ -206,7 +207,7 @@ def train(config: TrainConfig, progress: bool = True, log=print) -> Path:
         torch.set_rng_state(state["torch_rng"])
         log(f"resuming training at step {start_step} of {config.steps}")
     elif (out / "draft.safetensors").exists():
-        raise FileExistsError(f"{out} already holds a checkpoint; pass --resume to continue it or use a new --out")
+        raise ExistingOutputError(f"{out} already holds a checkpoint; pass --resume to continue it or use a new --out")
     accelerator.wait_for_everyone()  # nobody writes before every process has checked the output directory
     if is_main:
         out.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vispec_bench.errors import InputError
 from vispec_bench.results.records import append_jsonl
 from vispec_bench.running.config import BuildConfig
 from vispec_bench.models.testbed.model import LORA_TARGETS, WEIGHTS_DIR, WEIGHTS_ENV, lora_key
@@ -503,7 +504,7 @@ def _check_settings(config: BuildConfig, work: Path) -> None:
         changed = {k for k in settings if k not in ("install", "device", "work") and stored.get(k) != settings[k]}
         clashes = sorted(k for stage, keys in STAGE_SETTINGS.items() if _done(work, stage) for k in keys if k in changed)
         if clashes:
-            raise ValueError(f"{work} holds finished stages built with other settings ({', '.join(clashes)}: "
+            raise InputError(f"{work} holds finished stages built with other settings ({', '.join(clashes)}: "
                              f"{ {k: stored.get(k) for k in clashes} }); pass another --work or delete it to start over")
     path.write_text(json.dumps(settings, indent=2) + "\n")
 
