@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,22 +29,7 @@ from vispec_bench.engine.decode import decode
 from vispec_bench.models.loading import load_model, resolve_device, resolve_dtype
 from vispec_bench.results.records import append_jsonl, load_records
 from vispec_bench.plugins.suite import make_suite
-
-
-@dataclass
-class GenDataConfig:
-    model: str
-    suite: str = "easyvqa"
-    split: str | None = "train"
-    prompt_mode: str = "long"
-    prompt_suffix: str = ""
-    limit: int | None = 64
-    seed: int = 0
-    max_new_tokens: int = 256
-    dtype: str = "auto"
-    device: str = "auto"
-    fixtures: bool = False
-    batch_size: int = 1  # > 1: HF generate on left-padded batches (much faster on a CPU; see generate_batch)
+from vispec_bench.running.config import GenDataConfig  # defined torch-free, with its flags' help
 
 
 def with_suffix(messages: list[dict], suffix: str) -> list[dict]:

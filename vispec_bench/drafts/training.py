@@ -36,6 +36,7 @@ from vispec_bench.results.records import append_jsonl
 from vispec_bench.plugins.method import DraftMethod, build_method, parse_method_args
 from vispec_bench.models.loading import load_model, resolve_device, resolve_dtype
 from vispec_bench.plugins.registry import METHODS
+from vispec_bench.running.config import TrainConfig  # defined torch-free, with its flags' help
 
 STATE = "trainer_state.pt"
 LOG = "train_log.jsonl"
@@ -66,29 +67,6 @@ def teacher_features(adapter, messages: list[dict], images: list, answer_ids: li
     hidden = torch.cat([prefill.hidden, answer_hidden])
     mask = torch.arange(ids.shape[0], device=adapter.device) >= prompt.input_ids.shape[0]
     return TeacherFeatures(ids, embeds.float(), hidden.float(), mask, prompt.input_ids.shape[0], prompt.image_spans)
-
-
-@dataclass
-class TrainConfig:
-    method: str
-    model: str
-    data: str
-    out: str
-    steps: int = 300
-    lr: float = 1e-3
-    warmup_steps: int = 20
-    grad_clip: float = 0.5
-    weight_decay: float = 0.0
-    eval_fraction: float = 0.1
-    eval_every: int = 50
-    save_every: int = 100
-    seed: int = 0
-    dtype: str = "auto"
-    device: str = "auto"
-    init: str | None = None  # a checkpoint to start from (e.g. an EAGLE-2 draft for ViSpec stage 2)
-    method_args: list[str] = field(default_factory=list)
-    resume: bool = False
-    feature_cache_mb: int = 2048  # keep teacher features of this many MB in memory across epochs
 
 
 def frozen_float_lm_head(adapter) -> nn.Linear:
