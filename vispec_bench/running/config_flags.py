@@ -148,12 +148,20 @@ def stored_run_config(manifest: dict) -> dict:
     resolution, recorded since it exists), else rebuilt from the resolved `config` of older runs."""
     from vispec_bench.running.config import RunConfig
 
-    if "run_config" in manifest:
-        return dict(manifest["run_config"])
+    names = {f.name for f in dataclasses.fields(RunConfig)}
+    if "run_config" in manifest:  # a field added since keeps its default; one removed since is dropped
+        return {key: value for key, value in manifest["run_config"].items() if key in names}
     resolved = manifest["config"]
-    values = {f.name: resolved[f.name] for f in dataclasses.fields(RunConfig) if f.name in resolved}
+    values = {key: value for key, value in resolved.items() if key in names}
     values["methods"] = [m["name"] for m in resolved["methods"] if m["name"] != "ar"] or ["ar"]
-    values["method_args"] = [f"{m['name']}.{key}={'none' if value is None else str(value).lower() if isinstance(value, bool) else value}"
-                             for m in resolved["methods"] for key, value in m.get("options", {}).items()
+    # Every recorded option as METHOD.KEY=VALUE, in the text --method-args parses back to it.
+    values["method_args"] = [f"{m['name']}.{key}={_option_text(value)}" for m in resolved["methods"]
+                             for key, value in m.get("options", {}).items()
                              if value is None or isinstance(value, (str, int, float, bool))]
     return values
+
+
+def _option_text(value) -> str:
+    if value is None:
+        return "none"
+    return str(value).lower() if isinstance(value, bool) else str(value)
