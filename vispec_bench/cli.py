@@ -1,4 +1,8 @@
-"""Command line: `python -m vispec_bench list|run|report|check|gen-data|train|testbed build`.\n\nBuilding the parser and `list` import no torch: every flag comes from the torch-free config\ndataclasses in vispec_bench/running/config.py.\n"""
+"""Command line: `python -m vispec_bench list|run|report|check|gen-data|train|testbed build`.
+
+Building the parser and `list` import no torch: every flag comes from the torch-free config
+dataclasses in vispec_bench/running/config.py.
+"""
 
 from __future__ import annotations
 
