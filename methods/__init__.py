@@ -1,1 +1,1 @@
-"""Decoding methods, one module each; they register in vispec_bench.plugins.registry.METHODS."""
+"""Decoding methods, one module each; declared in methods/entries.py."""

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from vispec_bench.errors import InputError
 from vispec_bench.drafts.vocab import head_weight, to_vocab, token_map_of
 from vispec_bench.drafts import tree_settings
 from vispec_bench.plugins.method import DraftMethod
@@ -56,7 +57,7 @@ def draft_layer_config(text_config):
     model_type = getattr(text_config, "model_type", "")
     family = FAMILY_OF_MODEL_TYPE.get(model_type)
     if family is None:
-        raise ValueError(f"no EAGLE draft layer for target model_type {model_type!r}; "
+        raise InputError(f"no EAGLE draft layer for target model_type {model_type!r}; "
                          f"supported: {', '.join(sorted(FAMILY_OF_MODEL_TYPE))}")
     module_name, config_name, layer_name, rotary_name = DRAFT_FAMILIES[family]
     module = importlib.import_module(module_name)
@@ -242,7 +243,7 @@ class Eagle2(DraftMethod):
     def prepare(self, adapter):
         opts = self.options
         if opts.depth < 0 or opts.top_k < 0 or opts.total_token < -1:
-            raise ValueError(f"{self.name}: depth and top_k must be >= 1 (0 = device default) and total_token "
+            raise InputError(f"{self.name}: depth and top_k must be >= 1 (0 = device default) and total_token "
                              f">= 1 (0 = device default, -1 = auto); got {opts.depth}, {opts.top_k}, {opts.total_token}")
         self.draft = self.load_draft_network(adapter)
         self.draft_head = head_weight(adapter.lm_head.weight, token_map_of(self.draft))

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from vispec_bench.errors import InputError
 from vispec_bench.drafts import tree_settings
 from vispec_bench.engine.acceptance import accept_typical
 from vispec_bench.drafts.vocab import head_weight, to_draft, to_vocab, token_map_of
@@ -150,7 +151,7 @@ class Medusa(DraftMethod):
                 paths = sorted((tuple(p) for p in json.load(handle)), key=lambda p: (len(p), p))
             missing = [p for p in paths if len(p) > 1 and p[:-1] not in set(paths)]
             if missing or any(len(p) > opts.num_heads for p in paths):
-                raise ValueError(f"medusa tree {opts.tree}: every path's prefix must be in the tree and no path "
+                raise InputError(f"medusa tree {opts.tree}: every path's prefix must be in the tree and no path "
                                  f"may be deeper than num_heads={opts.num_heads} (bad: {missing[:3]})")
             return paths
         return default_tree(opts.num_heads, opts.tree_nodes, opts.tree_top_k)
@@ -189,7 +190,7 @@ class Medusa(DraftMethod):
             how["choice"] = "device default"
             self.options = dataclasses.replace(opts, tree_nodes=MEDUSA_DEVICE_NODES[kind])
         elif opts.tree_nodes < -1:
-            raise ValueError(f"medusa.tree_nodes must be >= 1, 0 (device default) or -1 (auto), got {opts.tree_nodes}")
+            raise InputError(f"medusa.tree_nodes must be >= 1, 0 (device default) or -1 (auto), got {opts.tree_nodes}")
         else:
             how["choice"] = "given"
         paths = self.tree_paths()
@@ -201,7 +202,7 @@ class Medusa(DraftMethod):
 
     def fit_to_data(self, draft, answer_rows, adapter) -> None:
         if self.options.vocab and not self.options.share_lm_head:
-            raise ValueError("medusa.vocab (a reduced draft vocabulary) needs share_lm_head=true")
+            raise InputError("medusa.vocab (a reduced draft vocabulary) needs share_lm_head=true")
         super().fit_to_data(draft, answer_rows, adapter)
 
     def make_proposer(self, adapter, context):

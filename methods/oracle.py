@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from vispec_bench.errors import InputError
 from vispec_bench.plugins.method import Method
 from vispec_bench.engine.proposer import Proposer
 from vispec_bench.engine.draft_tree import chain
@@ -46,7 +47,7 @@ class Oracle(Method):
 
     def make_proposer(self, adapter, context):
         if context.reference_ids is None:
-            raise ValueError("the oracle needs AR's ids for the sample; run it together with ar")
+            raise InputError("the oracle needs AR's ids for the sample; run it together with ar")
         if self.options.depth < 1:
-            raise ValueError(f"oracle.depth must be >= 1, got {self.options.depth}")
+            raise InputError(f"oracle.depth must be >= 1, got {self.options.depth}")
         return OracleProposer(context.reference_ids, self.options.depth, self.options.wrong, adapter.vocab_size)

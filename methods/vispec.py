@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from vispec_bench.errors import InputError
 from vispec_bench.drafts.checkpoints import DraftCheckpointError, load_matching
 from vispec_bench.drafts.vocab import BUFFER, set_token_map
 from methods.eagle2 import Eagle2, Eagle2Options, Eagle2Proposer, EagleDraft, EagleTrainer
@@ -196,7 +197,7 @@ class ViSpec(Eagle2):
 
     def build_draft(self, adapter) -> ViSpecDraft:
         if self.options.num_q < 2:
-            raise ValueError(f"vispec.num_q must be >= 2 (num_q - 1 compressed tokens + 1 global), "
+            raise InputError(f"vispec.num_q must be >= 2 (num_q - 1 compressed tokens + 1 global), "
                              f"got {self.options.num_q}")
         return ViSpecDraft(adapter.text_config, self.options.num_q)
 

@@ -1,1 +1,1 @@
-"""Evaluation suites, one module each; they register in vispec_bench.plugins.registry.SUITES."""
+"""Evaluation suites, one module each; declared in suites/entries.py."""

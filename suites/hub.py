@@ -17,12 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from vispec_bench.errors import UserError
 from vispec_bench.plugins.suite import Sample, Suite
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-class SuiteDataError(FileNotFoundError):
+class SuiteDataError(UserError, FileNotFoundError):
     pass
 
 

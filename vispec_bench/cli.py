@@ -1,4 +1,8 @@
-"""Command line: `python -m vispec_bench list|run`. `list` imports no torch."""
+"""Command line: `python -m vispec_bench list|run|report|check|gen-data|train|testbed build`.
+
+Building the parser and `list` import no torch: every flag comes from the torch-free config
+dataclasses in vispec_bench/running/config.py.
+"""
 
 from __future__ import annotations
 
@@ -6,56 +10,25 @@ import argparse
 import json
 import os
 import sys
+import traceback
+from pathlib import Path
+
+from vispec_bench.errors import UserError
+from vispec_bench.running.config_flags import add_config_arguments, build_config, given_values
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = _run_defaults()
-    parser.add_argument("--model", default=defaults["model"],
-                        help="registered name (see `list --models`), local checkpoint directory, or hub id")
-    parser.add_argument("--methods", default=",".join(defaults["methods"]),
-                        help="comma-separated methods; ar always runs as the baseline")
+    from vispec_bench.running.config import RunConfig
+
+    add_config_arguments(parser, RunConfig)
     parser.add_argument("--ablations", action="store_true",
                         help="also run ViSpec's ablations (vispec-noadaptor, vispec-noglobal)")
-    parser.add_argument("--suite", default=defaults["suite"])
-    parser.add_argument("--prompt-mode", choices=["short", "long"], default=defaults["prompt_mode"],
-                        help="short answers (the suite's post-prompt) or long answers (the papers' setting)")
-    parser.add_argument("--fixtures", action="store_true",
-                        help="use the suite's bundled offline rows (real column schema, generated images)")
-    parser.add_argument("--dataset-path", default=None, help="hub id or local directory instead of the suite's")
-    parser.add_argument("--dataset-name", default=None, help="dataset config name")
-    parser.add_argument("--split", default=None)
-    parser.add_argument("--revision", default=None, help="dataset revision (commit, tag or branch)")
-    parser.add_argument("--limit", type=int, default=defaults["limit"], help="number of samples (fixed-seed choice)")
-    parser.add_argument("--max-new-tokens", type=int, default=defaults["max_new_tokens"])
-    parser.add_argument("--temperature", type=float, default=defaults["temperature"], help="0 = greedy")
-    parser.add_argument("--top-p", type=float, default=defaults["top_p"])
-    parser.add_argument("--top-k", type=int, default=defaults["top_k"], help="0 = off")
-    parser.add_argument("--seed", type=int, default=defaults["seed"])
-    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default=defaults["dtype"],
-                        help="auto = bfloat16 on CUDA, float32 on CPU")
-    parser.add_argument("--device", default=defaults["device"], help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--method-args", nargs="*", default=[], metavar="METHOD.KEY=VALUE",
-                        help="method options, e.g. oracle.depth=6")
-    parser.add_argument("--no-warmup", action="store_false", dest="warmup",
-                        help="skip the untimed warm-up decode of each method")
-    parser.add_argument("--repeats", type=int, default=defaults["repeats"],
-                        help="timed passes over all samples; the speedup's spread across them is reported")
-    parser.add_argument("--no-profile", action="store_false", dest="profile_rounds",
-                        help="skip the untimed profiling pass that splits rounds into draft/verify/accept time")
     parser.add_argument("--out", default="runs", help="directory that receives runs/<run_id>/")
     parser.add_argument("--run-id", default=None)
     parser.add_argument("--resume", default=None, metavar="RUN_DIR",
-                        help="continue an interrupted run; finished samples are kept, not redone")
+                        help="continue an interrupted run with its stored config; finished samples are kept, not "
+                             "redone (settings given with it must equal the stored ones)")
     parser.add_argument("--no-progress", action="store_true")
-
-
-def _run_defaults() -> dict:
-    import dataclasses
-
-    from vispec_bench.running.config import RunConfig
-
-    return {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
-            for f in dataclasses.fields(RunConfig)}
 
 
 def cmd_list(args) -> int:
@@ -63,12 +36,18 @@ def cmd_list(args) -> int:
 
     chosen = [(flag, reg) for flag, reg in (("methods", METHODS), ("suites", SUITES), ("models", MODELS))
               if getattr(args, flag)] or [("methods", METHODS), ("suites", SUITES), ("models", MODELS)]
+    problems = []
     for title, registry in chosen:
         print(f"{title}:")
         for entry in registry.entries():
             source = "" if entry.source == "builtin" else f"  [{entry.source}]"
-            print(f"  {entry.name:<18} {entry.summary}{source}")
-    return 0
+            broken = "" if entry.error is None else "  [BROKEN]"
+            print(f"  {entry.name:<18} {entry.summary}{source}{broken}")
+        problems += registry.check() if args.check else registry.problems
+    if problems:
+        print("problems:")
+        print("\n".join(f"  {problem}" for problem in problems))
+    return 1 if args.check and problems else 0
 
 
 EXTRA_SCORE_LABELS = {"names_shape_or_color": "names_shape/color"}
@@ -94,19 +73,30 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def cmd_run(args) -> int:
+def run_config_from_args(args):
+    """File + flags over the defaults; with --resume, over the stored config, which they must equal."""
+    from vispec_bench.results.records import ConfigMismatchError, MANIFEST, read_json
     from vispec_bench.running.config import RunConfig
+    from vispec_bench.running.config_flags import differences, stored_run_config
+
+    given = given_values(args, RunConfig)
+    base = stored_run_config(read_json(Path(args.resume) / MANIFEST)) if args.resume else {}
+    if args.ablations:
+        methods = list(given.get("methods", base.get("methods", RunConfig().methods)))
+        given["methods"] = methods + [m for m in ("vispec-noadaptor", "vispec-noglobal") if m not in methods]
+    if args.resume:
+        changed = differences(base, given)
+        if changed:
+            details = "; ".join(f"{key}: stored {old!r}, given {new!r}" for key, (old, new) in changed.items())
+            raise ConfigMismatchError(f"cannot resume {args.resume}: settings differ from its stored config "
+                                      f"({details}); `run --resume {args.resume}` alone resumes it as it was")
+    return build_config(RunConfig, given, base, command="run")
+
+
+def cmd_run(args) -> int:
     from vispec_bench.running.runner import Runner
 
-    methods = args.methods.split(",")
-    if args.ablations:
-        methods += [m for m in ("vispec-noadaptor", "vispec-noglobal") if m not in methods]
-    config = RunConfig(model=args.model, methods=methods, suite=args.suite,
-                       prompt_mode=args.prompt_mode, fixtures=args.fixtures, dataset_path=args.dataset_path,
-                       dataset_name=args.dataset_name, split=args.split, revision=args.revision, limit=args.limit, max_new_tokens=args.max_new_tokens,
-                       temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
-                       dtype=args.dtype, device=args.device, method_args=args.method_args, warmup=args.warmup,
-                       repeats=args.repeats, profile_rounds=args.profile_rounds)
+    config = run_config_from_args(args)
     runner = Runner(config, out_dir=args.out, run_id=args.run_id, resume=args.resume,
                     progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
     run_dir = runner.run()
@@ -120,28 +110,23 @@ def cmd_run(args) -> int:
 
 
 def cmd_gen_data(args) -> int:
-    from vispec_bench.drafts.datagen import GenDataConfig, generate_data
+    from vispec_bench.drafts.datagen import generate_data
+    from vispec_bench.running.config import GenDataConfig
 
-    config = GenDataConfig(model=args.model, suite=args.suite, split=args.split, fixtures=args.fixtures,
-                           prompt_mode=args.prompt_mode,
-                           prompt_suffix=args.prompt_suffix, limit=args.limit, seed=args.seed,
-                           max_new_tokens=args.max_new_tokens, dtype=args.dtype, device=args.device,
-                           batch_size=args.batch_size)
+    config = build_config(GenDataConfig, given_values(args, GenDataConfig), command="gen-data")
     path = generate_data(config, args.out, progress=not args.no_progress)
     print(f"training data: {path}")
     return 0
 
 
 def cmd_train(args) -> int:
-    from vispec_bench.drafts.training import TrainConfig, train
+    from vispec_bench.drafts.training import train
+    from vispec_bench.running.config import TrainConfig
 
-    config = TrainConfig(method=args.method, model=args.model, data=args.data, out=args.out, steps=args.steps,
-                         lr=args.lr, warmup_steps=args.warmup_steps, grad_clip=args.grad_clip,
-                         eval_fraction=args.eval_fraction, eval_every=args.eval_every, save_every=args.save_every,
-                         seed=args.seed, dtype=args.dtype, device=args.device, init=args.init,
-                         method_args=args.method_args + ([f"{args.method}.mtp_steps={args.mtp_steps}"]
-                                                         if args.mtp_steps is not None else []),
-                         resume=args.resume)
+    given = given_values(args, TrainConfig)
+    if args.mtp_steps is not None:
+        given["method_args"] = [*given.get("method_args", []), f"{given.get('method')}.mtp_steps={args.mtp_steps}"]
+    config = build_config(TrainConfig, given, command="train")
     path = train(config, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
     if os.environ.get("RANK", "0") == "0":  # under accelerate launch, process 0 reports
         print(f"draft checkpoint: {path}")
@@ -169,12 +154,11 @@ def cmd_check(args) -> int:
 
 def cmd_testbed_build(args) -> int:
     from vispec_bench.models.loading import resolve_device
-    from vispec_bench.running.runner import command_line
-    from vispec_bench.running.config import BuildConfig
     from vispec_bench.models.testbed.build import build
+    from vispec_bench.running.config import BuildConfig
+    from vispec_bench.running.runner import command_line
 
-    fields = BuildConfig.__dataclass_fields__
-    config = BuildConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    config = build_config(BuildConfig, given_values(args, BuildConfig), command="testbed build")
     config.device = resolve_device(config.device)
     work = build(config, command=command_line())
     print(f"testbed build finished; work directory {work}")
@@ -189,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_list.add_argument("--methods", action="store_true")
     p_list.add_argument("--suites", action="store_true")
     p_list.add_argument("--models", action="store_true")
+    p_list.add_argument("--check", action="store_true",
+                        help="import every entry (torch included) and report those that fail; exit 1 if any")
     p_list.set_defaults(func=cmd_list)
     p_run = sub.add_parser("run", help="benchmark methods against AR on a suite")
     _add_run_arguments(p_run)
@@ -210,46 +196,18 @@ def build_parser() -> argparse.ArgumentParser:
     p_check.add_argument("--strict", action="store_true", help="also fail when entries are not comparable")
     p_check.set_defaults(func=cmd_check)
 
+    from vispec_bench.running.config import BuildConfig, GenDataConfig, TrainConfig  # torch-free
+
     p_gen = sub.add_parser("gen-data", help="let the target answer suite prompts: training data for drafts")
-    p_gen.add_argument("--model", required=True)
-    p_gen.add_argument("--suite", default="easyvqa")
-    p_gen.add_argument("--split", default="train", help="suite split to draw prompts from (not the benchmark's)")
-    p_gen.add_argument("--fixtures", action="store_true", help="the suite's bundled offline rows")
-    p_gen.add_argument("--prompt-mode", choices=["short", "long"], default="long")
-    p_gen.add_argument("--prompt-suffix", default="",
-                       help='appended to each question, e.g. "Please answer with at least 1000 words."')
-    p_gen.add_argument("--limit", type=int, default=64)
-    p_gen.add_argument("--seed", type=int, default=0)
-    p_gen.add_argument("--max-new-tokens", type=int, default=256)
-    p_gen.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto")
-    p_gen.add_argument("--device", default="auto")
-    p_gen.add_argument("--batch-size", type=int, default=1,
-                       help="> 1: HF generate on left-padded batches (faster; ids may differ from the engine's at near-ties)")
+    add_config_arguments(p_gen, GenDataConfig)
     p_gen.add_argument("--out", required=True, help="directory; an interrupted run resumes there")
     p_gen.add_argument("--no-progress", action="store_true")
     p_gen.set_defaults(func=cmd_gen_data)
 
     p_train = sub.add_parser("train", help="train a draft (eagle2, medusa, vispec) on gen-data output")
-    p_train.add_argument("--method", required=True)
-    p_train.add_argument("--model", required=True, help="the target the draft is trained for")
-    p_train.add_argument("--data", required=True, help="a gen-data output directory")
-    p_train.add_argument("--out", required=True, help="checkpoint directory (draft.safetensors + draft_config.json)")
-    p_train.add_argument("--steps", type=int, default=300)
-    p_train.add_argument("--lr", type=float, default=1e-3)
-    p_train.add_argument("--warmup-steps", type=int, default=20)
-    p_train.add_argument("--grad-clip", type=float, default=0.5)
-    p_train.add_argument("--eval-fraction", type=float, default=0.1)
-    p_train.add_argument("--eval-every", type=int, default=50)
-    p_train.add_argument("--save-every", type=int, default=100)
-    p_train.add_argument("--seed", type=int, default=0)
-    p_train.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="float32",
-                         help="the target's dtype; the draft always trains in float32")
-    p_train.add_argument("--device", default="auto")
-    p_train.add_argument("--init", default=None, help="start from this checkpoint (e.g. an EAGLE-2 draft)")
-    p_train.add_argument("--method-args", nargs="*", default=[], metavar="METHOD.KEY=VALUE")
+    add_config_arguments(p_train, TrainConfig)
     p_train.add_argument("--mtp-steps", type=int, default=None,
                          help="extra passes feeding the draft its own predicted features (eagle2, vispec)")
-    p_train.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
     p_train.add_argument("--no-progress", action="store_true")
     p_train.set_defaults(func=cmd_train)
 
@@ -257,25 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
     testbed_sub = p_testbed.add_subparsers(dest="testbed_command", required=True)
     p_build = testbed_sub.add_parser("build", help="train the vision tower, generate draft data, train the drafts, "
                                                    "install the weights (resumable: re-run to continue)")
-    from vispec_bench.running.config import BuildConfig  # torch-free, like every parser default
-
-    defaults = BuildConfig()
-    p_build.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p_build.add_argument("--seed", type=int, default=0)
-    p_build.add_argument("--work", default="", help="work directory (default $VISPEC_BENCH_CACHE/testbed-build/seed<K>)")
-    for name in ("pretrain_steps", "vision_steps", "vision_batch", "vision_target", "vision_long_examples", "eval_questions",
-                 "data_samples", "data_max_new_tokens", "draft_vocab", "draft_steps"):
-        value = getattr(defaults, name)
-        p_build.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
-    p_build.add_argument("--train-tower", action="store_true", dest="vision_train_tower",
-                         help="stage 2 also trains the vision tower (default: only projector + LoRA)")
-    p_build.add_argument("--no-install", action="store_false", dest="install",
-                         help="leave the package's weights alone (the results stay in the work directory)")
+    add_config_arguments(p_build, BuildConfig)
     p_build.set_defaults(func=cmd_testbed_build)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 done, 1 an unexpected error (traceback printed), 2 a user error (one line), 130 Ctrl-C."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:  # bare `python -m vispec_bench`: the default benchmark
@@ -284,9 +230,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         return 130
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError, RuntimeError) as err:
+    except UserError as err:  # bad input, a missing file, an unusable plug-in: what to fix, on one line
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Exception:  # a bug or the machine (CUDA out of memory ...): the traceback is what is needed
+        traceback.print_exc()
+        return 1
 
 
 if __name__ == "__main__":

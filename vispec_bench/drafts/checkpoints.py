@@ -13,10 +13,12 @@ from pathlib import Path
 
 import torch
 
+from vispec_bench.errors import UserError
+
 WEIGHTS, CONFIG = "draft.safetensors", "draft_config.json"
 
 
-class DraftCheckpointError(ValueError):
+class DraftCheckpointError(UserError, ValueError):
     pass
 
 

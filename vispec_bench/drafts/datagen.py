@@ -18,33 +18,18 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from vispec_bench.errors import InputError, MissingInputError
 from vispec_bench.engine.acceptance import SamplingConfig
 from vispec_bench.engine.adapter import make_adapter
 from vispec_bench.engine.decode import decode
 from vispec_bench.models.loading import LoadedModel, load_model, resolve_device, resolve_dtype
 from vispec_bench.results.records import append_jsonl, load_records
 from vispec_bench.plugins.suite import make_suite
-
-
-@dataclass
-class GenDataConfig:
-    model: str
-    suite: str = "easyvqa"
-    split: str | None = "train"
-    prompt_mode: str = "long"
-    prompt_suffix: str = ""
-    limit: int | None = 64
-    seed: int = 0
-    max_new_tokens: int = 256
-    dtype: str = "auto"
-    device: str = "auto"
-    fixtures: bool = False
-    batch_size: int = 1  # > 1: HF generate on left-padded batches (much faster on a CPU; see generate_batch)
+from vispec_bench.running.config import GenDataConfig  # defined torch-free, with its flags' help
 
 
 def with_suffix(messages: list[dict], suffix: str) -> list[dict]:
@@ -78,7 +63,7 @@ def generate_data(config: GenDataConfig, out: str | Path, progress: bool = True,
     if settings_path.exists():
         stored = json.loads(settings_path.read_text())
         if stored != settings:
-            raise ValueError(f"{out} was generated with another config ({stored}); use a new --out")
+            raise InputError(f"{out} was generated with another config ({stored}); use a new --out")
     else:
         settings_path.write_text(json.dumps(settings, indent=2) + "\n")
     rows_path = out / "rows.jsonl"
@@ -178,7 +163,7 @@ def load_training_rows(data_dir: str | Path):
     data_dir = Path(data_dir)
     path = data_dir / "dataset" if (data_dir / "dataset").exists() else data_dir
     if not (path / "dataset_info.json").exists() and not (path / "state.json").exists():
-        raise FileNotFoundError(f"{data_dir} is not a gen-data output (no dataset/ with a saved `datasets` "
+        raise MissingInputError(f"{data_dir} is not a gen-data output (no dataset/ with a saved `datasets` "
                                 "dataset); run `python -m vispec_bench gen-data --out DIR` first")
     return datasets.load_from_disk(str(path))
 

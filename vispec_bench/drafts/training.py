@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vispec_bench.errors import ExistingOutputError, InputError, MissingInputError
 from vispec_bench.engine.adapter import make_adapter
 from vispec_bench.drafts.checkpoints import check_target, load_draft, save_draft
 from vispec_bench.drafts.datagen import load_training_rows
@@ -36,6 +37,7 @@ from vispec_bench.results.records import append_jsonl
 from vispec_bench.plugins.method import DraftMethod, build_method, parse_method_args
 from vispec_bench.models.loading import LoadedModel, load_model, resolve_device, resolve_dtype
 from vispec_bench.plugins.registry import METHODS
+from vispec_bench.running.config import TrainConfig  # defined torch-free, with its flags' help
 
 STATE = "trainer_state.pt"
 LOG = "train_log.jsonl"
@@ -66,29 +68,6 @@ def teacher_features(adapter, messages: list[dict], images: list, answer_ids: li
     hidden = torch.cat([prefill.hidden, answer_hidden])
     mask = torch.arange(ids.shape[0], device=adapter.device) >= prompt.input_ids.shape[0]
     return TeacherFeatures(ids, embeds.float(), hidden.float(), mask, prompt.input_ids.shape[0], prompt.image_spans)
-
-
-@dataclass
-class TrainConfig:
-    method: str
-    model: str
-    data: str
-    out: str
-    steps: int = 300
-    lr: float = 1e-3
-    warmup_steps: int = 20
-    grad_clip: float = 0.5
-    weight_decay: float = 0.0
-    eval_fraction: float = 0.1
-    eval_every: int = 50
-    save_every: int = 100
-    seed: int = 0
-    dtype: str = "auto"
-    device: str = "auto"
-    init: str | None = None  # a checkpoint to start from (e.g. an EAGLE-2 draft for ViSpec stage 2)
-    method_args: list[str] = field(default_factory=list)
-    resume: bool = False
-    feature_cache_mb: int = 2048  # keep teacher features of this many MB in memory across epochs
 
 
 def frozen_float_lm_head(adapter) -> nn.Linear:
@@ -169,7 +148,7 @@ def train(config: TrainConfig, progress: bool = True, log=print, loaded: LoadedM
     raw_args = parse_method_args(config.method_args, [config.method]).get(config.method, {})
     method = build_method(METHODS.load(config.method), config.method, raw_args)
     if not isinstance(method, DraftMethod):
-        raise ValueError(f"method {config.method!r} has no draft to train")
+        raise InputError(f"method {config.method!r} has no draft to train")
     if loaded is None:
         loaded = load_model(config.model, dtype, device, seed=config.seed)
     adapter = make_adapter(loaded.model, loaded.processor)
@@ -182,13 +161,13 @@ def train(config: TrainConfig, progress: bool = True, log=print, loaded: LoadedM
         method.load_checkpoint(draft, initial, source=config.init)
     dataset = load_training_rows(config.data)
     if len(dataset) == 0:
-        raise ValueError(f"{config.data} holds no training rows")
+        raise InputError(f"{config.data} holds no training rows")
     if not config.resume and token_map_of(draft) is None:
         method.fit_to_data(draft, dataset["answer_ids"], adapter)  # e.g. the reduced draft vocabulary
     trainer = method.make_trainer(draft, frozen_float_lm_head(adapter))
     train_rows, eval_rows = split_rows(list(dataset["sample_id"]), config.eval_fraction, config.seed)
     if len(train_rows) < world:
-        raise ValueError(f"{len(train_rows)} training rows cannot be shared by {world} processes")
+        raise InputError(f"{len(train_rows)} training rows cannot be shared by {world} processes")
     my_rows = train_rows[rank::world]  # this process's share
     source = FeatureSource(adapter, dataset, config.feature_cache_mb)
     optimizer = torch.optim.AdamW([p for p in draft.parameters() if p.requires_grad], lr=config.lr,
@@ -199,7 +178,7 @@ def train(config: TrainConfig, progress: bool = True, log=print, loaded: LoadedM
     state_path = out / STATE
     if config.resume:
         if not state_path.exists():
-            raise FileNotFoundError(f"--resume: {state_path} does not exist; nothing to resume")
+            raise MissingInputError(f"--resume: {state_path} does not exist; nothing to resume")
         state = load_state(state_path, required=("step", "optimizer", "scheduler", "rng"))
         saved = load_draft(out).state_dict
         set_token_map(draft, saved.get(BUFFER))
@@ -210,7 +189,7 @@ def train(config: TrainConfig, progress: bool = True, log=print, loaded: LoadedM
         restore_rng_state(state["rng"], device)
         log(f"resuming training at step {start_step} of {config.steps}")
     elif (out / "draft.safetensors").exists():
-        raise FileExistsError(f"{out} already holds a checkpoint; pass --resume to continue it or use a new --out")
+        raise ExistingOutputError(f"{out} already holds a checkpoint; pass --resume to continue it or use a new --out")
     accelerator.wait_for_everyone()  # nobody writes before every process has checked the output directory
     if is_main:
         out.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from vispec_bench.errors import InputError
 from vispec_bench.engine.draft_tree import DraftTree
 
 
@@ -36,11 +37,11 @@ class SamplingConfig:
 
     def __post_init__(self):
         if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+            raise InputError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+            raise InputError(f"top_k must be >= 0, got {self.top_k}")
 
     @property
     def greedy(self) -> bool:

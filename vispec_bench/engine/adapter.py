@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from vispec_bench.errors import InputError, UserError
 
-class ImageTokenError(ValueError):
+
+class ImageTokenError(UserError, ValueError):
     """A prompt's images have no placeholder tokens, or processor and model disagree on the id."""
 
 
@@ -97,7 +99,7 @@ class TargetAdapter:
         if self.tokenizer.eos_token_id is not None:
             ids.add(self.tokenizer.eos_token_id)
         if not ids:
-            raise ValueError("the model and tokenizer define no eos_token_id; decoding would never stop at EOS")
+            raise InputError("the model and tokenizer define no eos_token_id; decoding would never stop at EOS")
         return sorted(ids)
 
     def _check_image_token_id(self) -> int:
@@ -120,7 +122,7 @@ class TargetAdapter:
     def build_prompt(self, messages: list[dict], images: list) -> PreparedPrompt:
         """Apply the chat template and process images; fail loudly if images get no tokens."""
         if images and not self.is_vlm:
-            raise ValueError(f"{type(self.model).__name__} is a text-only model, but the sample has "
+            raise InputError(f"{type(self.model).__name__} is a text-only model, but the sample has "
                              f"{len(images)} image(s); use a VLM or a text-only suite")
         text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         if images:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from vispec_bench.errors import InputError
 from vispec_bench.engine.acceptance import SamplingConfig, accept, first_token
 from vispec_bench.engine.adapter import PreparedPrompt, TargetAdapter
 from vispec_bench.engine.proposer import EmittedIds, Proposer, RoundResult
@@ -42,7 +43,7 @@ def decode(adapter: TargetAdapter, prompt: PreparedPrompt, proposer: Proposer | 
     draft / verify / accept_commit time; it synchronises at every phase, so it is for a
     separate profiling pass, never for the timed run (whose default null timer does nothing)."""
     if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     device = adapter.device
     generator = None if sampling.greedy else torch.Generator(device=device).manual_seed(seed)
     eos = set(adapter.eos_token_ids)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from vispec_bench.errors import InputError, UserError
 from vispec_bench.plugins.registry import MODELS, RegistryError
 
 # model_type in config.json -> the HF class that runs it. Text-only families are for sanity runs.
@@ -19,7 +20,7 @@ SUPPORTED_MODEL_TYPES = {
 }
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UserError, RuntimeError):
     pass
 
 
@@ -36,7 +37,7 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if name not in table:
-        raise ValueError(f"--dtype must be one of auto, {', '.join(table)}; got {name!r}")
+        raise InputError(f"--dtype must be one of auto, {', '.join(table)}; got {name!r}")
     return table[name]
 
 
@@ -44,9 +45,9 @@ def resolve_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {name} was asked for, but torch sees no CUDA device (torch {torch.__version__})")
+        raise InputError(f"--device {name} was asked for, but torch sees no CUDA device (torch {torch.__version__})")
     if name != "cpu" and not name.startswith("cuda"):
-        raise ValueError(f"--device must be auto, cpu or cuda[:N]; got {name!r}")
+        raise InputError(f"--device must be auto, cpu or cuda[:N]; got {name!r}")
     return name
 
 

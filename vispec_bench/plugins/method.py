@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from vispec_bench.errors import InputError
 from vispec_bench.engine.adapter import TargetAdapter
 from vispec_bench.engine.proposer import Proposer
 
@@ -82,7 +83,7 @@ class DraftMethod(Method):
 
         source = self.options.draft or getattr(adapter.model, "vispec_default_drafts", {}).get(self.name, "")
         if not source:
-            raise ValueError(f"{self.name} needs a draft: --method-args {self.name}.draft=CHECKPOINT_DIR "
+            raise InputError(f"{self.name} needs a draft: --method-args {self.name}.draft=CHECKPOINT_DIR "
                              f"(see `python -m vispec_bench train`) or {self.name}.draft=random for a smoke test")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.options.seed)
@@ -135,14 +136,14 @@ def convert_option(options_class: type, key: str, raw: str):
         close = difflib.get_close_matches(key, list(fields), n=2)
         hint = f" Did you mean {' or '.join(close)}?" if close else ""
         known = ", ".join(fields) or "(this method takes no options)"
-        raise ValueError(f"unknown option {key!r} for {options_class.__qualname__}.{hint} Known: {known}")
+        raise InputError(f"unknown option {key!r} for {options_class.__qualname__}.{hint} Known: {known}")
     hints = typing.get_type_hints(options_class)
     kind = hints[key]
     origin = typing.get_origin(kind)
     if origin is typing.Literal:
         allowed = typing.get_args(kind)
         if raw not in allowed:
-            raise ValueError(f"option {key} must be one of {', '.join(map(str, allowed))}; got {raw!r}")
+            raise InputError(f"option {key} must be one of {', '.join(map(str, allowed))}; got {raw!r}")
         return raw
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
         args = [a for a in typing.get_args(kind) if a is not type(None)]
@@ -154,11 +155,11 @@ def convert_option(options_class: type, key: str, raw: str):
             return True
         if raw.lower() in _FALSE:
             return False
-        raise ValueError(f"option {key} is a boolean: use true or false, got {raw!r}")
+        raise InputError(f"option {key} is a boolean: use true or false, got {raw!r}")
     try:
         return kind(raw)
     except (TypeError, ValueError):
-        raise ValueError(f"option {key} expects {getattr(kind, '__name__', kind)}, got {raw!r}") from None
+        raise InputError(f"option {key} expects {getattr(kind, '__name__', kind)}, got {raw!r}") from None
 
 
 def parse_method_args(items: list[str], method_names: list[str]) -> dict[str, dict[str, str]]:
@@ -168,9 +169,9 @@ def parse_method_args(items: list[str], method_names: list[str]) -> dict[str, di
         name_key, sep, value = item.partition("=")
         name, dot, key = name_key.partition(".")
         if not sep or not dot or not key:
-            raise ValueError(f"--method-args expects METHOD.KEY=VALUE, got {item!r}")
+            raise InputError(f"--method-args expects METHOD.KEY=VALUE, got {item!r}")
         if name not in method_names:
-            raise ValueError(f"--method-args {item!r} names method {name!r}, which is not in this run "
+            raise InputError(f"--method-args {item!r} names method {name!r}, which is not in this run "
                              f"(--methods {','.join(method_names)})")
         parsed.setdefault(name, {})[key] = value
     return parsed

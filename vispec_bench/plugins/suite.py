@@ -8,6 +8,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Literal
 
+from vispec_bench.errors import InputError
+
 PromptMode = Literal["short", "long"]
 # The VLM speculative-decoding papers ask for long answers: drafts are judged on long outputs.
 LONG_ANSWER_INSTRUCTION = "Please answer with an explanation."
@@ -31,12 +33,12 @@ class Suite:
 
     def __init__(self, prompt_mode: PromptMode = "long", split: str | None = None):
         if prompt_mode not in ("short", "long"):
-            raise ValueError(f"prompt mode must be 'short' or 'long', got {prompt_mode!r}")
+            raise InputError(f"prompt mode must be 'short' or 'long', got {prompt_mode!r}")
         self.prompt_mode = prompt_mode
         if split is None:
             split = self.splits[0] if self.splits else None
         elif self.splits is not None and split not in self.splits:
-            raise ValueError(f"suite {self.name!r} has no split {split!r}: it has {', '.join(self.splits)}")
+            raise InputError(f"suite {self.name!r} has no split {split!r}: it has {', '.join(self.splits)}")
         self.split = split
 
     def num_candidates(self) -> int:
@@ -58,7 +60,7 @@ class Suite:
         if limit is None or limit >= total:
             indices = list(range(total))
         elif limit < 1:
-            raise ValueError(f"--limit must be >= 1, got {limit}")
+            raise InputError(f"--limit must be >= 1, got {limit}")
         else:
             indices = random.Random(seed).sample(range(total), limit)
         return [self.sample(i) for i in indices]
@@ -79,5 +81,5 @@ def make_suite(suite_name: str, prompt_mode: str, **source):
         return suite_class(prompt_mode=prompt_mode, **options)
     except TypeError as err:
         if options and "unexpected keyword" in str(err):
-            raise ValueError(f"suite {suite_name!r} does not take {', '.join(sorted(options))}: {err}") from None
+            raise InputError(f"suite {suite_name!r} does not take {', '.join(sorted(options))}: {err}") from None
         raise

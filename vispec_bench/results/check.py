@@ -21,6 +21,7 @@ import json
 import math
 from pathlib import Path
 
+from vispec_bench.errors import InputError, MissingInputError
 from vispec_bench.results.records import MANIFEST, write_json_atomic
 
 COMPARABILITY = ("config_hash", "max_new_tokens", "temperature", "sample_ids_hash", "device")
@@ -53,7 +54,7 @@ def load_rows(path: str | Path) -> list[dict]:
         with open(path / "summary.csv") as handle:
             rows = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(handle)]
     else:
-        raise FileNotFoundError(f"{path} is neither a run directory ({MANIFEST}) nor a report (summary.csv)")
+        raise MissingInputError(f"{path} is neither a run directory ({MANIFEST}) nor a report (summary.csv)")
     return [{k: row.get(k) for k in KEPT} for row in rows]
 
 
@@ -143,12 +144,12 @@ def run_check(target: str, baseline_path: str, max_speedup_drop: float = 0.10, m
         log(f"baseline {baseline_file}: wrote {len(rows)} entries from {target}")
         return 0
     if not baseline_file.exists():
-        raise FileNotFoundError(f"baseline {baseline_file} does not exist; create it with --write-baseline")
+        raise MissingInputError(f"baseline {baseline_file} does not exist; create it with --write-baseline")
     try:
         baseline = json.loads(baseline_file.read_text())
         baseline["entries"]
     except (json.JSONDecodeError, KeyError, TypeError):
-        raise ValueError(f"baseline {baseline_file} is not a vispec-bench baseline (expected {{'entries': ...}})") \
+        raise InputError(f"baseline {baseline_file} is not a vispec-bench baseline (expected {{'entries': ...}})") \
             from None
     findings = compare(rows, baseline, max_speedup_drop, max_tau_drop)
     log(format_findings(findings))

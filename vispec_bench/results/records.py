@@ -14,14 +14,16 @@ import json
 import os
 from pathlib import Path
 
+from vispec_bench.errors import ExistingOutputError, MissingInputError, UserError
+
 MANIFEST, RECORDS, SUMMARY = "manifest.json", "records.jsonl", "summary.json"
 
 
-class CorruptRecordsError(ValueError):
+class CorruptRecordsError(UserError, ValueError):
     pass
 
 
-class ConfigMismatchError(ValueError):
+class ConfigMismatchError(UserError, ValueError):
     pass
 
 
@@ -47,7 +49,7 @@ def read_json(path: Path) -> dict:
     try:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path} does not exist: is this a vispec-bench run directory?") from None
+        raise MissingInputError(f"{path} does not exist: is this a vispec-bench run directory?") from None
     except json.JSONDecodeError as err:
         raise CorruptRecordsError(f"{path} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
 
@@ -92,7 +94,7 @@ class RunStore:
     def create(cls, run_dir: Path, manifest: dict) -> "RunStore":
         run_dir = Path(run_dir)
         if run_dir.exists() and any(run_dir.iterdir()):
-            raise FileExistsError(f"{run_dir} already holds a run; use --resume {run_dir} or another --run-id")
+            raise ExistingOutputError(f"{run_dir} already holds a run; use --resume {run_dir} or another --run-id")
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run_dir / MANIFEST, manifest)
         return cls(run_dir)

@@ -12,6 +12,7 @@ import html
 import time
 from pathlib import Path
 
+from vispec_bench.errors import MissingInputError
 from vispec_bench.results.metrics import summarize
 from vispec_bench.results.records import MANIFEST, RunStore
 
@@ -33,11 +34,11 @@ def find_runs(paths: list[str], runs_root: str = "runs") -> list[Path]:
             elif path.is_dir() and any((p / MANIFEST).exists() for p in path.iterdir() if p.is_dir()):
                 found += sorted(p for p in path.iterdir() if (p / MANIFEST).exists())
             else:
-                raise FileNotFoundError(f"{path} is not a run directory (no {MANIFEST}) nor a folder of runs")
+                raise MissingInputError(f"{path} is not a run directory (no {MANIFEST}) nor a folder of runs")
         return found
     root = Path(runs_root)
     if not root.is_dir():
-        raise FileNotFoundError(f"no run directories given and {root}/ does not exist; run a benchmark first")
+        raise MissingInputError(f"no run directories given and {root}/ does not exist; run a benchmark first")
     latest: dict[tuple, tuple[str, Path]] = {}
     for run_dir in sorted(p for p in root.iterdir() if (p / MANIFEST).exists()):
         manifest = RunStore(run_dir).manifest()
@@ -46,7 +47,7 @@ def find_runs(paths: list[str], runs_root: str = "runs") -> list[Path]:
         if key not in latest or manifest.get("created", "") >= latest[key][0]:
             latest[key] = (manifest.get("created", ""), run_dir)
     if not latest:
-        raise FileNotFoundError(f"{root}/ holds no runs")
+        raise MissingInputError(f"{root}/ holds no runs")
     return [path for _, path in sorted(latest.values())]
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from vispec_bench.errors import InputError
 from vispec_bench.running import environment
 from vispec_bench.engine.acceptance import SamplingConfig
 from vispec_bench.engine.adapter import make_adapter
@@ -53,7 +54,7 @@ def _method_list(names: list[str]) -> list[str]:
         METHODS.get(name)  # unknown name -> error with "did you mean"
     duplicates = {n for n in names if names.count(n) > 1}
     if duplicates:
-        raise ValueError(f"--methods lists {', '.join(sorted(duplicates))} more than once")
+        raise InputError(f"--methods lists {', '.join(sorted(duplicates))} more than once")
     return ["ar"] + [n for n in names if n != "ar"]  # AR always runs, first, as the baseline
 
 
@@ -89,9 +90,9 @@ class Runner:
                                 name=config.dataset_name, revision=config.revision, fixtures=config.fixtures)
         self.samples = self.suite.select(config.limit, config.seed)
         if not self.samples:
-            raise ValueError(f"suite {config.suite} selected no samples")
+            raise InputError(f"suite {config.suite} selected no samples")
         if config.repeats < 1:
-            raise ValueError(f"--repeats must be >= 1, got {config.repeats}")
+            raise InputError(f"--repeats must be >= 1, got {config.repeats}")
         self.monitor = GpuMonitor(self.device)
         self.device_name = environment.device_name(self.device)
         resolved = self.resolved_config()
@@ -106,6 +107,7 @@ class Runner:
         if self.dist.is_main:
             manifest = {"run_id": run_id, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                         "command": command_line(), "config": resolved,
+                        "run_config": dataclasses.asdict(config),  # as given (file + flags): what --resume reuses
                         "environment": environment.capture(self.device) | {"gpu": self.monitor.describe()},
                         "distributed": {"world_size": self.dist.world_size, "rank_devices": rank_devices}}
             RunStore.create(run_dir, manifest)

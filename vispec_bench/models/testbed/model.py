@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from vispec_bench.errors import UserError
 from vispec_bench.running.config import cache_dir
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -48,7 +49,7 @@ CHAT_TEMPLATE = (
 )
 
 
-class TestbedError(RuntimeError):
+class TestbedError(UserError, RuntimeError):
     pass
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from vispec_bench.errors import InputError
 from vispec_bench.models.testbed.build.common import TRAINABLE, StageLog, mark_stage_done, stage_done, weights_of
 from vispec_bench.models.testbed.build.data import generate_draft_data
 from vispec_bench.models.testbed.build.drafts import train_drafts
@@ -37,7 +38,7 @@ def check_settings(config: BuildConfig, work: Path) -> None:
         clashes = sorted(k for stage, keys in STAGE_SETTINGS.items() if stage_done(work, stage)
                          for k in keys if k in changed)
         if clashes:
-            raise ValueError(f"{work} holds finished stages built with other settings ({', '.join(clashes)}: "
+            raise InputError(f"{work} holds finished stages built with other settings ({', '.join(clashes)}: "
                              f"{ {k: stored.get(k) for k in clashes} }); pass another --work or delete it to start over")
     path.write_text(json.dumps(settings, indent=2) + "\n")
 

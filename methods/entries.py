@@ -1,0 +1,22 @@
+"""The built-in methods, declared as a plug-in declares its own: name, "module:attribute", summary.
+
+Torch-free (`python -m vispec_bench list` reads it without importing a method). Adding a
+built-in method is its module plus one line here; a third-party package adds the same line as
+an entry point in its pyproject.toml (group `vispec_bench.methods`).
+"""
+
+from vispec_bench.plugins.registry import Entry
+
+ENTRIES = [
+    Entry("ar", "methods.ar:AR", "plain autoregressive decoding: the baseline every method is timed against"),
+    Entry("oracle", "methods.oracle:Oracle",
+          "diagnostic: proposes AR's own continuation, the engine's ceiling for a tree depth"),
+    Entry("eagle2", "methods.eagle2:Eagle2",
+          "EAGLE-2: one-layer feature draft + dynamic tree (depth, top_k, nodes: per-device defaults)"),
+    Entry("vispec", "methods.vispec:ViSpec",
+          "ViSpec: EAGLE-2 draft + vision adaptor (compressed image tokens) + global visual feature"),
+    Entry("vispec-noadaptor", "methods.vispec:ViSpecNoAdaptor",
+          "ViSpec ablation: image tokens enter the draft as in EAGLE-2, global feature on"),
+    Entry("vispec-noglobal", "methods.vispec:ViSpecNoGlobal", "ViSpec ablation: adaptor splice on, no global feature"),
+    Entry("medusa", "methods.medusa:Medusa", "Medusa: K ResBlock heads on the last hidden state, fixed tree"),
+]

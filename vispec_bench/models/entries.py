@@ -1,0 +1,20 @@
+"""The built-in models, declared as a plug-in declares its own (torch-free: `list` reads it).
+
+Each target is a builder `(dtype, device, seed) -> (model, processor)`. A third-party package
+adds one as an entry point in its pyproject.toml (group `vispec_bench.models`).
+"""
+
+from vispec_bench.plugins.registry import Entry
+
+ENTRIES = [
+    Entry("testbed", "vispec_bench.models.testbed.model:build_testbed",
+          "SmolLM2-135M-Instruct (real weights) + trained 64x64 vision tower in LLaVA (needs the built weights)"),
+    Entry("testbed-untrained", "vispec_bench.models.testbed.model:build_untrained_testbed",
+          "the testbed with a seeded random vision tower: real language model, for pipeline checks"),
+    Entry("tiny-llava", "vispec_bench.models.tiny:build_tiny_llava",
+          "random-init LlavaForConditionalGeneration with a locally trained BPE tokenizer"),
+    Entry("tiny-llava-next", "vispec_bench.models.tiny:build_tiny_llava_next",
+          "random-init LlavaNextForConditionalGeneration (any-resolution tiling)"),
+    Entry("tiny-qwen25vl", "vispec_bench.models.tiny:build_tiny_qwen25vl",
+          "random-init Qwen2_5_VLForConditionalGeneration (3-D mrope)"),
+]
