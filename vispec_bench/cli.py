@@ -15,7 +15,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", default=",".join(defaults["methods"]),
                         help="comma-separated methods; ar always runs as the baseline")
     parser.add_argument("--ablations", action="store_true",
-                        help="also run ViSpec's ablations (vispec-noadaptor, vispec-noglobal)")
+                        help="also run every registered ablation of the run's methods (see `list --methods`)")
     parser.add_argument("--suite", default=defaults["suite"])
     parser.add_argument("--prompt-mode", choices=["short", "long"], default=defaults["prompt_mode"],
                         help="short answers (the suite's post-prompt) or long answers (the papers' setting)")
@@ -95,12 +95,13 @@ def format_summary(summary: dict) -> str:
 
 
 def cmd_run(args) -> int:
+    from vispec_bench.plugins.registry import METHODS
     from vispec_bench.running.config import RunConfig
     from vispec_bench.running.runner import Runner
 
     methods = args.methods.split(",")
     if args.ablations:
-        methods += [m for m in ("vispec-noadaptor", "vispec-noglobal") if m not in methods]
+        methods += [m for m in METHODS.ablations_of(methods) if m not in methods]
     config = RunConfig(model=args.model, methods=methods, suite=args.suite,
                        prompt_mode=args.prompt_mode, fixtures=args.fixtures, dataset_path=args.dataset_path,
                        dataset_name=args.dataset_name, split=args.split, revision=args.revision, limit=args.limit, max_new_tokens=args.max_new_tokens,
@@ -139,9 +140,7 @@ def cmd_train(args) -> int:
                          lr=args.lr, warmup_steps=args.warmup_steps, grad_clip=args.grad_clip,
                          eval_fraction=args.eval_fraction, eval_every=args.eval_every, save_every=args.save_every,
                          seed=args.seed, dtype=args.dtype, device=args.device, init=args.init,
-                         method_args=args.method_args + ([f"{args.method}.mtp_steps={args.mtp_steps}"]
-                                                         if args.mtp_steps is not None else []),
-                         resume=args.resume)
+                         method_args=args.method_args, resume=args.resume)
     path = train(config, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
     if os.environ.get("RANK", "0") == "0":  # under accelerate launch, process 0 reports
         print(f"draft checkpoint: {path}")
@@ -246,9 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the target's dtype; the draft always trains in float32")
     p_train.add_argument("--device", default="auto")
     p_train.add_argument("--init", default=None, help="start from this checkpoint (e.g. an EAGLE-2 draft)")
-    p_train.add_argument("--method-args", nargs="*", default=[], metavar="METHOD.KEY=VALUE")
-    p_train.add_argument("--mtp-steps", type=int, default=None,
-                         help="extra passes feeding the draft its own predicted features (eagle2, vispec)")
+    p_train.add_argument("--method-args", nargs="*", default=[], metavar="METHOD.KEY=VALUE",
+                         help="the method's options, e.g. vispec.mtp_steps=1 (passes on its own predicted features)")
     p_train.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
     p_train.add_argument("--no-progress", action="store_true")
     p_train.set_defaults(func=cmd_train)

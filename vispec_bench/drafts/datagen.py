@@ -64,7 +64,8 @@ def with_suffix(messages: list[dict], suffix: str) -> list[dict]:
     return messages
 
 
-def generate_data(config: GenDataConfig, out: str | Path, progress: bool = True, extra_samples=()) -> Path:
+def generate_data(config: GenDataConfig, out: str | Path, progress: bool = True, extra_samples=(),
+                  model_loader=load_model) -> Path:
     """`extra_samples`: Samples appended after the suite's (e.g. the testbed build's text-only instructions)."""
     from tqdm.auto import tqdm
 
@@ -84,7 +85,7 @@ def generate_data(config: GenDataConfig, out: str | Path, progress: bool = True,
     suite = make_suite(config.suite, config.prompt_mode, split=config.split, fixtures=config.fixtures)
     samples = suite.select(config.limit, config.seed) + list(extra_samples)
     device = resolve_device(config.device)
-    loaded = load_model(config.model, resolve_dtype(config.dtype, device), device)
+    loaded = model_loader(config.model, resolve_dtype(config.dtype, device), device)
     adapter = make_adapter(loaded.model, loaded.processor)
     todo = [s for s in samples if s.sample_id not in done]
     bar = tqdm(total=len(samples), initial=len(samples) - len(todo), desc="gen-data", disable=not progress)

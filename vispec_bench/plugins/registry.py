@@ -27,6 +27,8 @@ class Entry:
     target: str  # "package.module:attribute"
     summary: str = ""
     source: str = "builtin"
+    preset: dict = field(default_factory=dict, hash=False)  # options this entry sets (methods), under the user's
+    ablation_of: str | None = None  # the method this entry ablates: `run --ablations` adds it to that method
 
     def load(self):
         module_name, _, attribute = self.target.partition(":")
@@ -53,7 +55,7 @@ class Registry:
         return f"vispec_bench.{self.kind}s"
 
     def register(self, name: str, target: str, summary: str = "", aliases: tuple[str, ...] = (),
-                 source: str = "builtin") -> None:
+                 source: str = "builtin", preset: dict | None = None, ablation_of: str | None = None) -> None:
         for key in (name, *aliases):
             if key in self._entries or key in self._aliases:
                 existing = self._resolve(key)
@@ -61,7 +63,7 @@ class Registry:
                     f"duplicate {self.kind} name {key!r}: already registered by {existing.source} "
                     f"as {existing.target!r}, now again by {source} as {target!r}"
                 )
-        self._entries[name] = Entry(name, target, summary, source)
+        self._entries[name] = Entry(name, target, summary, source, dict(preset or {}), ablation_of)
         for alias in aliases:
             self._aliases[alias] = name
 
@@ -102,6 +104,10 @@ class Registry:
     def load(self, name: str):
         return self.get(name).load()
 
+    def ablations_of(self, names: list[str]) -> list[str]:
+        """Every registered ablation of the given entries, in name order."""
+        return [entry.name for entry in self.entries() if entry.ablation_of is not None and entry.ablation_of in names]
+
 
 METHODS = Registry("method")
 SUITES = Registry("suite")
@@ -115,10 +121,11 @@ METHODS.register("eagle2", "methods.eagle2:Eagle2",
                  "EAGLE-2: one-layer feature draft + dynamic tree (depth 3, top_k 8, 30 nodes by default)")
 METHODS.register("vispec", "methods.vispec:ViSpec",
                  "ViSpec: EAGLE-2 draft + vision adaptor (compressed image tokens) + global visual feature")
-METHODS.register("vispec-noadaptor", "methods.vispec:ViSpecNoAdaptor",
-                 "ViSpec ablation: image tokens enter the draft as in EAGLE-2, global feature on")
-METHODS.register("vispec-noglobal", "methods.vispec:ViSpecNoGlobal",
-                 "ViSpec ablation: adaptor splice on, no global feature")
+METHODS.register("vispec-noadaptor", "methods.vispec:ViSpec",
+                 "ViSpec ablation: image tokens enter the draft as in EAGLE-2, global feature on",
+                 preset={"adaptor": False}, ablation_of="vispec")
+METHODS.register("vispec-noglobal", "methods.vispec:ViSpec", "ViSpec ablation: adaptor splice on, no global feature",
+                 preset={"global_feature": False}, ablation_of="vispec")
 METHODS.register("medusa", "methods.medusa:Medusa", "Medusa: K ResBlock heads on the last hidden state, fixed tree")
 SUITES.register("easyvqa", "suites.easyvqa:EasyVQA", "easy-VQA test split (real 64x64 shapes, 13 answers)",
                 aliases=("easy-vqa",))

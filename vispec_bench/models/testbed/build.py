@@ -27,7 +27,6 @@ first build; open shape/colour questions 16-30 %), far from the 90 % target (REA
 from __future__ import annotations
 
 import json
-import os
 import platform
 import random
 import sys
@@ -40,7 +39,7 @@ from torch import nn
 
 from vispec_bench.results.records import append_jsonl
 from vispec_bench.running.config import BuildConfig
-from vispec_bench.models.testbed.model import LORA_TARGETS, WEIGHTS_DIR, WEIGHTS_ENV, lora_key
+from vispec_bench.models.testbed.model import LORA_TARGETS, WEIGHTS_DIR, lora_key, testbed_loader
 
 TRAINABLE = ("model.vision_tower.", "model.multi_modal_projector.")
 DRAFT_METHODS = ("medusa", "eagle2", "vispec")
@@ -415,7 +414,8 @@ def generate_draft_data(config: BuildConfig, work: Path, device: str) -> dict:
     gen = GenDataConfig(model="testbed", suite="easyvqa", split="train", prompt_mode="long",
                         limit=config.data_samples, seed=config.seed, max_new_tokens=config.data_max_new_tokens,
                         dtype="float32", device=device, batch_size=16)
-    path = generate_data(gen, work / "data", extra_samples=text_instructions(config.data_samples // 5, config.seed))
+    path = generate_data(gen, work / "data", extra_samples=text_instructions(config.data_samples // 5, config.seed),
+                         model_loader=testbed_loader(work / "weights"))
     from vispec_bench.drafts.datagen import load_training_rows
 
     rows = load_training_rows(path)
@@ -441,7 +441,8 @@ def train_drafts(config: BuildConfig, work: Path, device: str, log: StageLog) ->
                                    dtype="float32", device=device, init=init,
                                    method_args=[f"{method}.vocab={config.draft_vocab}"],
                                    resume=(out / "trainer_state.pt").exists())
-        train(train_config, log=lambda message: log(stage=f"draft-{method}", message=message))
+        train(train_config, log=lambda message: log(stage=f"draft-{method}", message=message),
+              model_loader=testbed_loader(work / "weights"))
         accuracy = json.loads((out / "draft_config.json").read_text())["training"]["eval_accuracy"]
         _mark_done(work, f"draft-{method}", {"steps": steps, "eval_accuracy": accuracy,
                                              "seconds": round(time.time() - started, 1)})
@@ -518,8 +519,7 @@ def build(config: BuildConfig, command: str = "") -> Path:
     _check_settings(config, work)
     log = StageLog(work)
     torch.manual_seed(config.seed)
-    weights = work / "weights"
-    os.environ[WEIGHTS_ENV] = str(weights)  # later stages load `--model testbed` from here
+    weights = work / "weights"  # later stages load `--model testbed` from here (testbed_loader)
 
     if not (weights / "vision.safetensors").exists():
         started = time.time()
