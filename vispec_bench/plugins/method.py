@@ -32,7 +32,7 @@ class Method:
     Options: type = NoOptions
     lossless: bool = True  # False only for options that change the output distribution (e.g. typical acceptance)
     preset: dict = {}  # options a registry entry sets (an ablation), under the user's --method-args
-    resolved_draft: dict | None = None  # {"path", "sha256", "source"} of the draft this run loads, if any
+    resolved_draft: dict | None = None  # {"path", "weights", "sha256", "source"} of the draft this run loads, if any
 
     def __init__(self, options=None):
         self.options = options if options is not None else self.Options()
@@ -110,11 +110,12 @@ class DraftMethod(Method):
         """Hook for draft=random, after the seeded build (inside the same RNG fork)."""
 
     def resolve(self, default_drafts: dict[str, str]) -> None:
+        """The `draft` option if given, else the model's default draft of this method's kind."""
         from vispec_bench.drafts.provenance import draft_provenance
 
         requested = str(self.options.draft)
         if requested == "random":
-            self.resolved_draft = {"path": None, "sha256": None, "source": "random"}
+            self.resolved_draft = {"path": None, "weights": None, "sha256": None, "source": "random"}
         elif requested:
             self.resolved_draft = draft_provenance(requested, source="option")
         elif self.draft_kind in default_drafts:
