@@ -27,7 +27,8 @@ from torch import nn
 from vispec_bench.errors import InputError
 from vispec_bench.drafts.vocab import head_weight, to_vocab, token_map_of
 from vispec_bench.drafts import tree_settings
-from vispec_bench.plugins.method import DraftMethod
+from vispec_bench.plugins.draft_training import DraftTraining
+from vispec_bench.plugins.method import DraftMethod, DraftOptions
 from vispec_bench.drafts.tree_settings import TreeSettings
 from vispec_bench.engine.proposer import Proposer
 from vispec_bench.engine.draft_tree import DraftTree
@@ -112,17 +113,14 @@ def causal_visible(num_new: int, num_past: int, device) -> torch.Tensor:
 
 
 @dataclass
-class Eagle2Options:
-    draft: str = ""  # a checkpoint directory (ours or the EAGLE authors' layout), or "random" (seeded init)
+class Eagle2Options(DraftOptions):  # draft: ours or the EAGLE authors' layout
     # Tree (vispec_bench.drafts.tree_settings): 0 = the device's default (cuda 5/8/60, cpu 5/4/10);
     # total_token=-1 sizes the tree from forward costs measured at start-up. Papers: VLM 3/8/30, LLM 5/10/60.
     depth: int = 0  # tree levels
     top_k: int = 0  # children per expanded node and nodes expanded per level
     total_token: int = 0  # draft nodes verified per round, root excluded
-    seed: int = 0  # for draft=random
     noise: float = 0.2  # training: uniform feature noise width, (U - 0.5) * noise
     mtp_steps: int = 0  # training: extra passes that feed the draft its own predicted features
-    vocab: int = 0  # training: draft vocabulary size (0 = the target's); a checkpoint brings its own map
 
 
 class Eagle2Proposer(Proposer):
@@ -230,7 +228,7 @@ class Eagle2Proposer(Proposer):
         return DraftTree(torch.tensor([tokens[n - 1] for n in kept]), [index[parents[n - 1]] for n in kept])
 
 
-class Eagle2(DraftMethod):
+class Eagle2(DraftMethod, DraftTraining):
     name = "eagle2"
     Options = Eagle2Options
     draft_class = EagleDraft

@@ -15,8 +15,11 @@ ENTRIES = [
           "EAGLE-2: one-layer feature draft + dynamic tree (depth, top_k, nodes: per-device defaults)"),
     Entry("vispec", "methods.vispec:ViSpec",
           "ViSpec: EAGLE-2 draft + vision adaptor (compressed image tokens) + global visual feature"),
-    Entry("vispec-noadaptor", "methods.vispec:ViSpecNoAdaptor",
-          "ViSpec ablation: image tokens enter the draft as in EAGLE-2, global feature on"),
-    Entry("vispec-noglobal", "methods.vispec:ViSpecNoGlobal", "ViSpec ablation: adaptor splice on, no global feature"),
+    # Ablations: the same class with options preset; `run --ablations` adds them to the method they ablate.
+    Entry("vispec-noadaptor", "methods.vispec:ViSpec",
+          "ViSpec ablation: image tokens enter the draft as in EAGLE-2, global feature on",
+          preset={"adaptor": False}, ablation_of="vispec"),
+    Entry("vispec-noglobal", "methods.vispec:ViSpec", "ViSpec ablation: adaptor splice on, no global feature",
+          preset={"global_feature": False}, ablation_of="vispec"),
     Entry("medusa", "methods.medusa:Medusa", "Medusa: K ResBlock heads on the last hidden state, fixed tree"),
 ]

@@ -32,7 +32,8 @@ from vispec_bench.errors import InputError
 from vispec_bench.drafts import tree_settings
 from vispec_bench.engine.acceptance import accept_typical
 from vispec_bench.drafts.vocab import head_weight, to_draft, to_vocab, token_map_of
-from vispec_bench.plugins.method import DraftMethod
+from vispec_bench.plugins.draft_training import DraftTraining
+from vispec_bench.plugins.method import DraftMethod, DraftOptions
 from vispec_bench.engine.proposer import Proposer
 from vispec_bench.engine.draft_tree import DraftTree
 
@@ -96,18 +97,15 @@ def default_tree(num_heads: int, num_nodes: int, top_k: int) -> list[tuple[int, 
 
 
 @dataclass
-class MedusaOptions:
-    draft: str = ""  # checkpoint directory, or "random" (zero-init ResBlocks + seeded noise)
+class MedusaOptions(DraftOptions):  # draft=random: zero-init ResBlocks + seeded noise; vocab needs share_lm_head
     num_heads: int = 5
     tree_nodes: int = 0  # default tree size, root excluded: 0 = device default (cuda 63, cpu 10), -1 = auto
     tree_top_k: int = 10  # ranks per head the default tree may use
     tree: str = ""  # optional JSON file: a list of rank paths, e.g. [[0], [1], [0, 0], ...]
     share_lm_head: bool = True
-    vocab: int = 0  # training: draft vocabulary size (0 = the target's; needs share_lm_head); a checkpoint brings its own map
     typical: bool = False  # typical acceptance: LOSSY
     typical_epsilon: float = 0.09  # posterior threshold
     typical_delta: float = 0.3  # entropy-scaled threshold (alpha in the reference code)
-    seed: int = 0
 
 
 class MedusaProposer(Proposer):
@@ -137,7 +135,7 @@ class MedusaProposer(Proposer):
         return DraftTree(candidates[self.depth_of, self.rank_of], list(self.parents))
 
 
-class Medusa(DraftMethod):
+class Medusa(DraftMethod, DraftTraining):
     name = "medusa"
     Options = MedusaOptions
 

@@ -18,8 +18,9 @@ It reuses EAGLE-2's draft, tree and training recipe (methods/eagle2.py) and adds
     img_fc(cat(h, g)) with the g of the latest image before it; img_fc = Linear(2H -> H)
     starts as [I | 0] with zero bias, so an EAGLE-2 draft loaded into ViSpec is unchanged.
 
-Ablations are configurations of this class: `vispec-noadaptor` (no splice: image tokens enter
-as in EAGLE-2; global feature on) and `vispec-noglobal` (splice on, no fusion).
+Ablations are registry entries of this class with an option preset: `vispec-noadaptor`
+(adaptor=false: no splice, image tokens enter as in EAGLE-2; global feature on) and
+`vispec-noglobal` (global_feature=false: splice on, no fusion).
 
 Training (ViSpec section 3.3): stage 1 is EAGLE-2 training on text (`train --method eagle2`);
 stage 2 (`train --method vispec --init EAGLE2_CKPT`) trains on multimodal conversations whose
@@ -192,8 +193,9 @@ class ViSpec(Eagle2):
     name = "vispec"
     Options = ViSpecOptions
     proposer_class = ViSpecProposer
-    # Stage 2 starts from an EAGLE-2 draft; the ablations share the same parameters.
-    compatible_checkpoints = ("eagle2", "vispec", "vispec-noadaptor", "vispec-noglobal")
+    # Stage 2 starts from an EAGLE-2 draft. The ablations (registry presets of this class) are
+    # of the same kind, "vispec", and so load these drafts.
+    compatible_checkpoints = ("eagle2",)
 
     def build_draft(self, adapter) -> ViSpecDraft:
         if self.options.num_q < 2:
@@ -212,27 +214,3 @@ class ViSpec(Eagle2):
 
     def make_trainer(self, draft, lm_head):
         return ViSpecTrainer(draft, lm_head, self.options)
-
-
-@dataclass
-class NoAdaptorOptions(ViSpecOptions):
-    adaptor: bool = False
-
-
-@dataclass
-class NoGlobalOptions(ViSpecOptions):
-    global_feature: bool = False
-
-
-class ViSpecNoAdaptor(ViSpec):
-    """Ablation: image tokens enter the draft as in EAGLE-2; the global feature stays on."""
-
-    name = "vispec-noadaptor"
-    Options = NoAdaptorOptions
-
-
-class ViSpecNoGlobal(ViSpec):
-    """Ablation: the adaptor's splice stays on; no global feature is fused."""
-
-    name = "vispec-noglobal"
-    Options = NoGlobalOptions

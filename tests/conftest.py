@@ -8,7 +8,7 @@ import torch
 from vispec_bench.engine.acceptance import SamplingConfig
 from vispec_bench.drafts.datagen import GenDataConfig, generate_data
 from vispec_bench.engine.decode import decode
-from vispec_bench.plugins.method import build_method
+from vispec_bench.plugins.method import make_method
 from vispec_bench.drafts.training import TrainConfig, train
 
 GREEDY = SamplingConfig()
@@ -67,9 +67,7 @@ def trained_draft(model: str, method: str) -> Path:
 
 
 def prepared(method: str, adapter, **options):
-    from vispec_bench.plugins.registry import METHODS
-
-    built = build_method(METHODS.load(method), method, {k: str(v) for k, v in options.items()})
+    built = make_method(method, {k: str(v) for k, v in options.items()})
     built.prepare(adapter)
     return built
 

@@ -46,3 +46,36 @@ def test_plugins_register_through_entry_points(monkeypatch):
     assert "myspec" in registry.names()
     assert registry.load("myspec").__name__ == "AR"
     assert registry.get("myspec").source.startswith("plugin")
+
+
+def test_ablations_are_found_by_the_method_they_ablate():
+    registry = Registry("method")
+    registry.register("spec", "methods.ar:AR")
+    registry.register("spec-small", "methods.ar:AR", preset={"size": 1}, ablation_of="spec")
+    registry.register("other", "methods.ar:AR")
+    assert registry.ablations_of(["spec"]) == ["spec-small"] and registry.ablations_of(["other"]) == []
+    assert registry.get("spec-small").preset == {"size": 1}
+
+
+class _Captured(Exception):
+    pass
+
+
+def test_run_ablations_adds_every_registered_ablation_of_the_runs_methods(monkeypatch):
+    from vispec_bench.cli import main
+    from vispec_bench.plugins.registry import Entry
+    from vispec_bench.running import runner
+
+    def capture(config, **kwargs):
+        raise _Captured(config.methods)
+
+    monkeypatch.setattr(runner, "Runner", capture)
+    # a third-party ablation of a method: the CLI needs no name of it
+    monkeypatch.setitem(METHODS._entries, "oracle-deep",
+                        Entry("oracle-deep", "methods.oracle:Oracle", preset={"depth": 8}, ablation_of="oracle"))
+    with pytest.raises(_Captured) as run:
+        main(["run", "--methods", "oracle,vispec", "--ablations", "--no-progress"])
+    assert run.value.args[0] == ["oracle", "vispec", "oracle-deep", "vispec-noadaptor", "vispec-noglobal"]
+    with pytest.raises(_Captured) as run:
+        main(["run", "--methods", "eagle2", "--ablations", "--no-progress"])
+    assert run.value.args[0] == ["eagle2"]

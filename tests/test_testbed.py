@@ -47,5 +47,14 @@ def test_ar_equals_hf_generate_and_speculation_is_lossless_on_the_real_language_
 
 
 def test_testbed_without_built_weights_says_how_to_get_them(tmp_path):
+    with pytest.raises(testbed_module.TestbedError, match="vision.safetensors is missing.*testbed build"):
+        testbed_module.build_testbed(weights_dir=tmp_path)  # a weights directory without the weights
     with pytest.raises(testbed_module.TestbedError, match="testbed build"):
-        testbed_module.build_testbed(weights_dir=tmp_path)  # a directory without the weights
+        load_model("testbed", torch.float32, "cpu", builder_options={"weights_dir": tmp_path})
+
+
+def test_shipped_testbed_carries_its_drafts_as_data_keyed_by_their_own_kind():
+    loaded = load_model("testbed", torch.float32, "cpu")
+    drafts = testbed_module.WEIGHTS_DIR / "drafts"
+    assert loaded.default_drafts == {kind: str(drafts / kind) for kind in ("eagle2", "medusa", "vispec")}
+    assert not hasattr(loaded.model, "vispec_default_drafts")  # nothing stashed on the HF module

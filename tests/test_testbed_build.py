@@ -2,7 +2,6 @@
 
 import copy
 import json
-import os
 
 import pytest
 import torch
@@ -71,14 +70,13 @@ def test_batched_gen_data_gives_the_engines_greedy_answers():
         assert (ids, stop) == (result.new_ids, result.stop_reason)
 
 
-def test_testbed_build_at_toy_size_installs_weights_that_run_losslessly(tmp_path, monkeypatch):
+def test_testbed_build_at_toy_size_installs_weights_that_run_losslessly(tmp_path):
     from vispec_bench.models.testbed import build as testbed_build
     from vispec_bench.models.testbed.build.vision import load_resume_state
-    from vispec_bench.models.testbed.model import WEIGHTS_ENV
+    from vispec_bench.models.testbed.model import testbed_loader
+    from vispec_bench.running.config import RunConfig
+    from vispec_bench.running.runner import Runner
 
-    # The stages get the work directory's weights as an argument: an environment pointing at a
-    # directory without weights neither breaks the build nor is rewritten by it.
-    monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path / "unused"))
     config = BuildConfig(device="cpu", work=str(tmp_path / "work"), pretrain_steps=2, pretrain_batch=8,
                          vision_steps=2, eval_every=2, eval_questions=4, vision_long_examples=3, data_samples=5,
                          data_max_new_tokens=12,
@@ -86,7 +84,6 @@ def test_testbed_build_at_toy_size_installs_weights_that_run_losslessly(tmp_path
     work = testbed_build.build(config, command="test")
     for stage in ("pretrain", "vision", "data", "draft-medusa", "draft-eagle2", "draft-vispec"):
         assert (work / f"{stage}.done.json").exists(), stage
-    assert os.environ[WEIGHTS_ENV] == str(tmp_path / "unused")
     data = json.loads((work / "data.done.json").read_text())
     assert data["rows"] == 6 and data["text_only_rows"] == 1
     evaluations = [e for e in map(json.loads, (work / "build_log.jsonl").read_text().splitlines())
@@ -105,13 +102,17 @@ def test_testbed_build_at_toy_size_installs_weights_that_run_losslessly(tmp_path
     assert provenance["command"] == "test" and provenance["build_config"]["seed"] == 0
     assert any(entry.get("stage") == "vision" for entry in provenance["history"])
     assert sum(provenance["bytes"].values()) < 40 * 2 ** 20
-    monkeypatch.setenv(WEIGHTS_ENV, str(installed))
-    args = ["run", "--model", "testbed", "--limit", "1", "--max-new-tokens", "10", "--dtype", "float32",
-            "--device", "cpu", "--out", str(tmp_path / "runs"), "--run-id", "t", "--no-progress", "--no-profile"]
-    assert main(args) == 0  # the default methods find the installed drafts by themselves
-    records = [json.loads(line) for line in (tmp_path / "runs" / "t" / "records.jsonl").read_text().splitlines()]
+    run_config = RunConfig(model="testbed", limit=1, max_new_tokens=10, dtype="float32", device="cpu",
+                           profile_rounds=False)
+    # the installed directory, not the package's weights; the default methods find its drafts by themselves
+    run_dir = Runner(run_config, out_dir=tmp_path / "runs", run_id="t", progress=False, log=lambda m: None,
+                     model_loader=testbed_loader(installed)).run()
+    records = [json.loads(line) for line in (run_dir / "records.jsonl").read_text().splitlines()]
     assert {r["method"] for r in records} == {"ar", "medusa", "eagle2", "vispec"}
     assert all(r["equivalence"]["exact_match"] for r in records)
+    drafts = {r["method"]: r["draft"] for r in records if r["method"] != "ar"}
+    assert drafts["vispec"]["path"] == str((installed / "drafts" / "vispec").resolve())
+    assert {d["source"] for d in drafts.values()} == {"model default"}
 
 
 def test_lora_hooks_during_training_equal_the_merged_weights_at_load():

@@ -7,10 +7,11 @@ import torch
 
 from conftest import (GREEDY, TINY_MODELS, decode_all, easyvqa_samples, mean_tau, prepared, tiny_by_name,
                       trained_draft, two_image_messages)
-from methods.vispec import ViSpecNoAdaptor, ViSpecNoGlobal
+from methods.vispec import ViSpec
 from vispec_bench.drafts.checkpoints import DraftCheckpointError
 from vispec_bench.cli import main
 from vispec_bench.engine.decode import decode
+from vispec_bench.plugins.method import make_method
 from vispec_bench.plugins.registry import METHODS
 
 VISPEC_METHODS = ["vispec", "vispec-noadaptor", "vispec-noglobal"]
@@ -159,11 +160,19 @@ def test_issue_command_vispec_and_eagle2_random_drafts_on_qwen25vl(tmp_path):
     assert summary["methods"]["eagle2"]["exact_match_rate"] == 1.0
 
 
-def test_ablations_are_configurations_of_the_same_method():
-    assert METHODS.load("vispec-noadaptor") is ViSpecNoAdaptor
-    assert ViSpecNoAdaptor.Options().adaptor is False and ViSpecNoAdaptor.Options().global_feature is True
-    assert ViSpecNoGlobal.Options().adaptor is True and ViSpecNoGlobal.Options().global_feature is False
-    assert ViSpecNoAdaptor.make_proposer is METHODS.load("vispec").make_proposer
+def test_ablations_are_registry_presets_of_the_same_method():
+    for name, preset in (("vispec-noadaptor", {"adaptor": False}), ("vispec-noglobal", {"global_feature": False})):
+        entry = METHODS.get(name)
+        assert entry.load() is ViSpec and entry.preset == preset and entry.ablation_of == "vispec"
+    no_adaptor, no_global = make_method("vispec-noadaptor", {}), make_method("vispec-noglobal", {})
+    assert (no_adaptor.options.adaptor, no_adaptor.options.global_feature) == (False, True)
+    assert (no_global.options.adaptor, no_global.options.global_feature) == (True, False)
+    assert no_adaptor.draft_kind == no_global.draft_kind == "vispec"  # they load ViSpec's drafts
+    # the preset is part of what the run records and hashes
+    assert no_adaptor.describe()["preset"] == {"adaptor": False}
+    assert no_adaptor.config_hash() != make_method("vispec", {}).config_hash()
+    # the user's --method-args override a preset
+    assert make_method("vispec-noadaptor", {"adaptor": "true"}).options.adaptor is True
 
 
 def test_published_vispec_layout_loads_with_key_mapping(tmp_path):

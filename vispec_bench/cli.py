@@ -22,7 +22,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
     add_config_arguments(parser, RunConfig)
     parser.add_argument("--ablations", action="store_true",
-                        help="also run ViSpec's ablations (vispec-noadaptor, vispec-noglobal)")
+                        help="also run every registered ablation of the run's methods (see `list --methods`)")
     parser.add_argument("--out", default="runs", help="directory that receives runs/<run_id>/")
     parser.add_argument("--run-id", default=None)
     parser.add_argument("--resume", default=None, metavar="RUN_DIR",
@@ -75,6 +75,7 @@ def format_summary(summary: dict) -> str:
 
 def run_config_from_args(args):
     """File + flags over the defaults; with --resume, over the stored config, which they must equal."""
+    from vispec_bench.plugins.registry import METHODS
     from vispec_bench.results.records import ConfigMismatchError, MANIFEST, read_json
     from vispec_bench.running.config import RunConfig
     from vispec_bench.running.config_flags import differences, stored_run_config
@@ -83,7 +84,7 @@ def run_config_from_args(args):
     base = stored_run_config(read_json(Path(args.resume) / MANIFEST)) if args.resume else {}
     if args.ablations:
         methods = list(given.get("methods", base.get("methods", RunConfig().methods)))
-        given["methods"] = methods + [m for m in ("vispec-noadaptor", "vispec-noglobal") if m not in methods]
+        given["methods"] = methods + [m for m in METHODS.ablations_of(methods) if m not in methods]
     if args.resume:
         changed = differences(base, given)
         if changed:
@@ -123,10 +124,7 @@ def cmd_train(args) -> int:
     from vispec_bench.drafts.training import train
     from vispec_bench.running.config import TrainConfig
 
-    given = given_values(args, TrainConfig)
-    if args.mtp_steps is not None:
-        given["method_args"] = [*given.get("method_args", []), f"{given.get('method')}.mtp_steps={args.mtp_steps}"]
-    config = build_config(TrainConfig, given, command="train")
+    config = build_config(TrainConfig, given_values(args, TrainConfig), command="train")
     path = train(config, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
     if os.environ.get("RANK", "0") == "0":  # under accelerate launch, process 0 reports
         print(f"draft checkpoint: {path}")
@@ -206,8 +204,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_train = sub.add_parser("train", help="train a draft (eagle2, medusa, vispec) on gen-data output")
     add_config_arguments(p_train, TrainConfig)
-    p_train.add_argument("--mtp-steps", type=int, default=None,
-                         help="extra passes feeding the draft its own predicted features (eagle2, vispec)")
     p_train.add_argument("--no-progress", action="store_true")
     p_train.set_defaults(func=cmd_train)
 

@@ -26,7 +26,7 @@ from vispec_bench.errors import InputError, MissingInputError
 from vispec_bench.engine.acceptance import SamplingConfig
 from vispec_bench.engine.adapter import make_adapter
 from vispec_bench.engine.decode import decode
-from vispec_bench.models.loading import LoadedModel, load_model, resolve_device, resolve_dtype
+from vispec_bench.models.loading import load_model, resolve_device, resolve_dtype
 from vispec_bench.results.records import append_jsonl, load_records
 from vispec_bench.plugins.suite import make_suite
 from vispec_bench.running.config import GenDataConfig  # defined torch-free, with its flags' help
@@ -50,10 +50,8 @@ def with_suffix(messages: list[dict], suffix: str) -> list[dict]:
 
 
 def generate_data(config: GenDataConfig, out: str | Path, progress: bool = True, extra_samples=(),
-                  loaded: LoadedModel | None = None) -> Path:
-    """`extra_samples`: Samples appended after the suite's (e.g. the testbed build's text-only instructions).
-    `loaded`: the target, already loaded, instead of loading `config.model` (the testbed build passes
-    the testbed of its work directory; config.dtype and config.device are then what it was loaded with)."""
+                  model_loader=load_model) -> Path:
+    """`extra_samples`: Samples appended after the suite's (e.g. the testbed build's text-only instructions)."""
     from tqdm.auto import tqdm
 
     out = Path(out)
@@ -72,8 +70,7 @@ def generate_data(config: GenDataConfig, out: str | Path, progress: bool = True,
     suite = make_suite(config.suite, config.prompt_mode, split=config.split, fixtures=config.fixtures)
     samples = suite.select(config.limit, config.seed) + list(extra_samples)
     device = resolve_device(config.device)
-    if loaded is None:
-        loaded = load_model(config.model, resolve_dtype(config.dtype, device), device)
+    loaded = model_loader(config.model, resolve_dtype(config.dtype, device), device)
     adapter = make_adapter(loaded.model, loaded.processor)
     todo = [s for s in samples if s.sample_id not in done]
     bar = tqdm(total=len(samples), initial=len(samples) - len(todo), desc="gen-data", disable=not progress)

@@ -11,7 +11,7 @@ Several processes: `accelerate launch --num_processes N [--cpu] -m vispec_bench 
 Each process holds the frozen target and a draft replica, trains on its own share of the rows,
 and after every backward the gradients are averaged across processes (DDP's arithmetic). We do
 not wrap the draft in DDP's module: EAGLE/ViSpec training runs the draft several times per
-step (the --mtp-steps passes) and calls the adaptor outside its forward, which DDP's hooks do
+step (its mtp_steps passes) and calls the adaptor outside its forward, which DDP's hooks do
 not allow. Process 0 evaluates, logs and writes checkpoints, which load on one device.
 """
 
@@ -34,9 +34,9 @@ from vispec_bench.drafts.datagen import load_training_rows
 from vispec_bench.drafts.resume_state import load_state, restore_rng_state, rng_state, save_state
 from vispec_bench.drafts.vocab import BUFFER, set_token_map, token_map_of
 from vispec_bench.results.records import append_jsonl
-from vispec_bench.plugins.method import DraftMethod, build_method, parse_method_args
-from vispec_bench.models.loading import LoadedModel, load_model, resolve_device, resolve_dtype
-from vispec_bench.plugins.registry import METHODS
+from vispec_bench.plugins.draft_training import DraftTraining
+from vispec_bench.plugins.method import make_method, parse_method_args
+from vispec_bench.models.loading import load_model, resolve_device, resolve_dtype
 from vispec_bench.running.config import TrainConfig  # defined torch-free, with its flags' help
 
 STATE = "trainer_state.pt"
@@ -132,9 +132,9 @@ def average_gradients(parameters: list[torch.nn.Parameter], world: int) -> None:
         param.grad /= world
 
 
-def train(config: TrainConfig, progress: bool = True, log=print, loaded: LoadedModel | None = None) -> Path:
-    """`loaded`: the frozen target, already loaded on the device, instead of loading `config.model`
-    (the testbed build passes the testbed of its work directory)."""
+def train(config: TrainConfig, progress: bool = True, log=print, model_loader=load_model) -> Path:
+    """`model_loader`: load_model, or one with builder options bound (`testbed build` points the
+    testbed at its work directory's weights)."""
     from tqdm.auto import tqdm
 
     from accelerate import Accelerator
@@ -146,18 +146,17 @@ def train(config: TrainConfig, progress: bool = True, log=print, loaded: LoadedM
     dtype = resolve_dtype(config.dtype, device)
     torch.manual_seed(config.seed)  # the same initial draft on every process
     raw_args = parse_method_args(config.method_args, [config.method]).get(config.method, {})
-    method = build_method(METHODS.load(config.method), config.method, raw_args)
-    if not isinstance(method, DraftMethod):
+    method = make_method(config.method, raw_args)
+    if not isinstance(method, DraftTraining):
         raise InputError(f"method {config.method!r} has no draft to train")
-    if loaded is None:
-        loaded = load_model(config.model, dtype, device, seed=config.seed)
+    loaded = model_loader(config.model, dtype, device, seed=config.seed)
     adapter = make_adapter(loaded.model, loaded.processor)
     for param in loaded.model.parameters():
         param.requires_grad_(False)
     draft = method.build_draft(adapter).to(device=device, dtype=torch.float32)
     if config.init:
         initial = load_draft(config.init)
-        check_target(initial, adapter, method.name, method.compatible_checkpoints)
+        check_target(initial, adapter, method.draft_kind, method.compatible_checkpoints)
         method.load_checkpoint(draft, initial, source=config.init)
     dataset = load_training_rows(config.data)
     if len(dataset) == 0:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -30,6 +32,9 @@ class LoadedModel:
     processor: object  # an HF processor (VLMs) or a tokenizer (text-only models)
     name: str
     source: str  # "registry", "local" or "hub"
+    # Drafts the model ships: draft kind (the method whose checkpoint it is, e.g. "eagle2") ->
+    # checkpoint directory. A draft method given no `draft` option takes the one of its kind.
+    default_drafts: dict[str, str] = field(default_factory=dict)
 
 
 def resolve_dtype(name: str, device: str) -> torch.dtype:
@@ -51,11 +56,15 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def load_model(name: str, dtype: torch.dtype, device: str, seed: int = 0) -> LoadedModel:
+def load_model(name: str, dtype: torch.dtype, device: str, seed: int = 0,
+               builder_options: dict | None = None) -> LoadedModel:
+    """`builder_options`: keyword arguments for a registered model's builder (e.g. the testbed's
+    `weights_dir`, which `testbed build` points at its work directory)."""
     if name in MODELS:
-        builder = MODELS.load(name)
-        model, processor = builder(dtype=dtype, device=device, seed=seed)
-        return LoadedModel(model, processor, name, "registry")
+        return _build_registered(name, MODELS.load(name), dtype, device, seed, builder_options or {})
+    if builder_options:
+        raise ModelLoadError(f"builder options {sorted(builder_options)} were given for model {name!r}, "
+                             "which is not a registered model: only registered builders take options")
     if os.path.isdir(name):
         return _load_pretrained(name, dtype, device, source="local")
     if _looks_like_hub_id(name):
@@ -67,6 +76,39 @@ def load_model(name: str, dtype: torch.dtype, device: str, seed: int = 0) -> Loa
     except RegistryError as err:
         raise ModelLoadError(f"{err} It is not a local directory either, nor a hub id of the form 'org/name'.") from None
     raise AssertionError("unreachable: a registered name returned above")
+
+
+def _build_registered(name: str, builder, dtype, device, seed, options: dict) -> LoadedModel:
+    """A registered builder returns (model, processor), or (model, processor, default_drafts)
+    when the model ships drafts (see LoadedModel.default_drafts)."""
+    built = builder(dtype=dtype, device=device, seed=seed, **options)
+    if not isinstance(built, (tuple, list)) or len(built) not in (2, 3):
+        found = f"{len(built)} values" if isinstance(built, (tuple, list)) else type(built).__name__
+        raise ModelLoadError(f"the builder of model {name!r} returned {found}; expected (model, processor) "
+                             "or (model, processor, default_drafts)")
+    model, processor, *rest = built
+    default_drafts = dict(rest[0]) if rest else {}
+    return LoadedModel(model, processor, name, "registry", default_drafts)
+
+
+def shipped_drafts(root: Path) -> dict[str, str]:
+    """Draft kind -> checkpoint directory for every draft under `root` (one sub-directory each).
+    The kind is what the checkpoint itself says (its draft_config.json "method"), so a model
+    that ships drafts needs no table of method names."""
+    from vispec_bench.drafts.checkpoints import CONFIG, WEIGHTS
+
+    found: dict[str, str] = {}
+    for config_path in sorted(Path(root).glob(f"*/{CONFIG}")):
+        directory = config_path.parent
+        if not (directory / WEIGHTS).exists():
+            continue
+        kind = json.loads(config_path.read_text()).get("method")
+        if not kind:
+            raise ModelLoadError(f"{config_path} names no \"method\": cannot tell which method's draft it is")
+        if kind in found:
+            raise ModelLoadError(f"two default {kind} drafts under {root}: {found[kind]} and {directory}")
+        found[kind] = str(directory)
+    return found
 
 
 def _looks_like_hub_id(name: str) -> bool:

@@ -26,12 +26,21 @@ class NoOptions:
 
 
 class Method:
+    """The inference contract: one instance per run (options, `prepare`), a proposer per sample.
+    Training a draft is a separate contract (vispec_bench/plugins/draft_training.py)."""
+
     name: str = ""
     Options: type = NoOptions
     lossless: bool = True  # False only for options that change the output distribution (e.g. typical acceptance)
+    preset: dict = {}  # options a registry entry sets (an ablation), under the user's --method-args
+    resolved_draft: dict | None = None  # {"path", "weights", "sha256", "source"} of the draft this run loads, if any
 
     def __init__(self, options=None):
         self.options = options if options is not None else self.Options()
+
+    def resolve(self, default_drafts: dict[str, str]) -> None:
+        """Called once the target is known and before the config hash is taken: settle every
+        choice that depends on the model (a draft method takes the model's default draft)."""
 
     def prepare(self, adapter: TargetAdapter) -> None:
         """Called once per run after the target is loaded: build or load the draft network."""
@@ -48,25 +57,52 @@ class Method:
         return None
 
     def describe(self) -> dict:
-        return {"name": self.name, "class": f"{type(self).__module__}:{type(self).__qualname__}",
-                "lossless": self.is_lossless(), "options": dataclasses.asdict(self.options)}
+        described = {"name": self.name, "class": f"{type(self).__module__}:{type(self).__qualname__}",
+                     "lossless": self.is_lossless(), "options": dataclasses.asdict(self.options)}
+        if self.preset:
+            described["preset"] = dict(self.preset)
+        if self.resolved_draft is not None:
+            described["draft"] = dict(self.resolved_draft)
+        return described
 
     def config_hash(self) -> str:
-        """Identifies the method's code path and options: records with different hashes are not comparable."""
-        blob = json.dumps(self.describe(), sort_keys=True, default=str).encode()
+        """Identifies the method's code path, options and draft: records with different hashes are
+        not comparable. A draft counts by its content (sha256), not by where this machine keeps it."""
+        described = self.describe()
+        if "draft" in described:
+            described["draft"] = {k: v for k, v in described["draft"].items() if k != "path"}
+        blob = json.dumps(described, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
-class DraftMethod(Method):
-    """A method with a trainable draft network (EAGLE-2, Medusa, ViSpec).
+@dataclass
+class DraftOptions:
+    """Options every method with a draft network takes; its own options dataclass inherits them."""
 
-    Its options carry `draft` (a checkpoint directory, or "random" for a seeded random draft)
-    and `seed`; with no `draft`, a model that ships drafts (the testbed) supplies its own. Loading checks the checkpoint against the target (hidden size, vocabulary) and
-    the method; `compatible_checkpoints` names other methods whose drafts this one accepts.
+    draft: str = ""  # checkpoint directory; "random" = a seeded random draft (smoke tests); "" = the model's default
+    seed: int = 0  # seeds the draft=random initialisation
+    vocab: int = 0  # training: draft vocabulary size (0 = the target's); a checkpoint brings its own map
+
+
+class DraftMethod(Method):
+    """A method with a draft network (EAGLE-2, Medusa, ViSpec): the inference side.
+
+    Options inherit DraftOptions. With no `draft` option, a model that ships drafts (the testbed)
+    supplies the one of this method's kind. Loading checks the checkpoint against the target
+    (hidden size, vocabulary) and its kind; `compatible_checkpoints` names other draft kinds whose
+    checkpoints this method accepts. A method whose draft can be trained also implements
+    vispec_bench.plugins.draft_training.DraftTraining.
     """
 
+    Options: type = DraftOptions
     ignored_checkpoint_keys: tuple[str, ...] = ()  # keys a checkpoint may carry that the draft does not use
     compatible_checkpoints: tuple[str, ...] = ()
+
+    @property
+    def draft_kind(self) -> str:
+        """The kind of checkpoint this method loads and writes: its class's name, so an ablation
+        registered under another name (a preset of the same class) takes the same drafts."""
+        return type(self).name or self.name
 
     def build_draft(self, adapter):
         raise NotImplementedError
@@ -74,25 +110,36 @@ class DraftMethod(Method):
     def randomize(self, draft) -> None:
         """Hook for draft=random, after the seeded build (inside the same RNG fork)."""
 
-    def make_trainer(self, draft, lm_head):
-        raise NotImplementedError
+    def resolve(self, default_drafts: dict[str, str]) -> None:
+        """The `draft` option if given, else the model's default draft of this method's kind."""
+        from vispec_bench.drafts.provenance import draft_provenance
 
-    def load_draft_network(self, adapter):
-        """The draft the options ask for, on the target's device and dtype, in eval mode."""
-        from vispec_bench.drafts.checkpoints import check_target, load_draft
-
-        source = self.options.draft or getattr(adapter.model, "vispec_default_drafts", {}).get(self.name, "")
-        if not source:
+        requested = str(self.options.draft)
+        if requested == "random":
+            self.resolved_draft = {"path": None, "weights": None, "sha256": None, "source": "random"}
+        elif requested:
+            self.resolved_draft = draft_provenance(requested, source="option")
+        elif self.draft_kind in default_drafts:
+            self.resolved_draft = draft_provenance(default_drafts[self.draft_kind], source="model default")
+        else:
             raise InputError(f"{self.name} needs a draft: --method-args {self.name}.draft=CHECKPOINT_DIR "
                              f"(see `python -m vispec_bench train`) or {self.name}.draft=random for a smoke test")
+
+    def load_draft_network(self, adapter):
+        """The draft resolve() chose, on the target's device and dtype, in eval mode."""
+        from vispec_bench.drafts.checkpoints import check_target, load_draft
+
+        if self.resolved_draft is None:
+            self.resolve({})  # prepared outside a run: the options alone decide
+        source = self.resolved_draft["path"]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.options.seed)
             draft = self.build_draft(adapter)
-            if source == "random":
+            if source is None:
                 self.randomize(draft)
-        if source != "random":
+        if source is not None:
             checkpoint = load_draft(source)
-            check_target(checkpoint, adapter, self.name, self.compatible_checkpoints)
+            check_target(checkpoint, adapter, self.draft_kind, self.compatible_checkpoints)
             self.load_checkpoint(draft, checkpoint, source=source)
         return draft.to(device=adapter.device, dtype=adapter.dtype).eval()
 
@@ -104,19 +151,6 @@ class DraftMethod(Method):
         set_token_map(draft, checkpoint.state_dict.get(BUFFER))
         load_matching(draft, checkpoint.state_dict, f"{self.name} checkpoint {source}",
                       ignore_prefixes=self.ignored_checkpoint_keys)
-
-    def fit_to_data(self, draft, answer_rows, adapter) -> None:
-        """Before training from scratch: fit the reduced draft vocabulary (option `vocab`, 0 = full)."""
-        from vispec_bench.drafts.vocab import frequent_tokens, set_token_map
-
-        size = getattr(self.options, "vocab", 0)
-        if size and size < adapter.vocab_size:
-            set_token_map(draft, frequent_tokens(answer_rows, size, list(adapter.eos_token_ids)))
-
-    def checkpoint_config(self, adapter) -> dict:
-        from vispec_bench.drafts.checkpoints import target_signature
-
-        return {"method": self.name, "options": vars(self.options).copy(), "target": target_signature(adapter)}
 
 
 @dataclass
@@ -130,13 +164,17 @@ class SampleContext:
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 
 
-def convert_option(options_class: type, key: str, raw: str):
-    fields = {f.name: f for f in dataclasses.fields(options_class)}
+def check_option_name(options_class: type, key: str) -> None:
+    fields = [f.name for f in dataclasses.fields(options_class)]
     if key not in fields:
-        close = difflib.get_close_matches(key, list(fields), n=2)
+        close = difflib.get_close_matches(key, fields, n=2)
         hint = f" Did you mean {' or '.join(close)}?" if close else ""
         known = ", ".join(fields) or "(this method takes no options)"
         raise InputError(f"unknown option {key!r} for {options_class.__qualname__}.{hint} Known: {known}")
+
+
+def convert_option(options_class: type, key: str, raw: str):
+    check_option_name(options_class, key)
     hints = typing.get_type_hints(options_class)
     kind = hints[key]
     origin = typing.get_origin(kind)
@@ -177,8 +215,22 @@ def parse_method_args(items: list[str], method_names: list[str]) -> dict[str, di
     return parsed
 
 
-def build_method(method_class: type, name: str, raw_options: dict[str, str]) -> Method:
-    values = {key: convert_option(method_class.Options, key, raw) for key, raw in raw_options.items()}
+def build_method(method_class: type, name: str, raw_options: dict[str, str], preset: dict | None = None) -> Method:
+    """`preset`: typed option values a registry entry sets (an ablation); `raw_options` (the
+    user's --method-args) override them."""
+    preset = dict(preset or {})
+    for key in preset:
+        check_option_name(method_class.Options, key)
+    values = {**preset, **{key: convert_option(method_class.Options, key, raw) for key, raw in raw_options.items()}}
     method = method_class(method_class.Options(**values))
     method.name = name
+    method.preset = preset
     return method
+
+
+def make_method(name: str, raw_options: dict[str, str]) -> Method:
+    """The registered method `name` with its entry's preset, then the user's options."""
+    from vispec_bench.plugins.registry import METHODS
+
+    entry = METHODS.get(name)
+    return build_method(entry.load(), name, raw_options, entry.preset)

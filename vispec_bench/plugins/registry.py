@@ -56,6 +56,8 @@ class Entry:
     aliases: tuple[str, ...] = ()
     source: str = "builtin"  # "builtin" or "plugin <distribution> <version>"
     error: str | None = None  # set when the plug-in is known to be broken (its module is missing)
+    preset: dict = field(default_factory=dict, hash=False, compare=False)  # options this entry sets (methods), under the user's
+    ablation_of: str | None = None  # the method this entry ablates: `run --ablations` adds it to that method
 
     def load(self):
         if self.error is not None:
@@ -193,6 +195,10 @@ class Registry:
             except RegistryError as err:
                 failures.append(str(err))
         return self.problems + failures
+
+    def ablations_of(self, names: list[str]) -> list[str]:
+        """Every registered ablation of the given entries, in name order."""
+        return [entry.name for entry in self.entries() if entry.ablation_of is not None and entry.ablation_of in names]
 
 
 METHODS = Registry("method")

@@ -24,7 +24,7 @@ from vispec_bench.engine.adapter import make_adapter
 from vispec_bench.running.distributed import init_from_environment, rank_device
 from vispec_bench.engine.decode import decode
 from vispec_bench.running.instruments import GpuMonitor, PhaseTimer
-from vispec_bench.plugins.method import SampleContext, build_method, parse_method_args
+from vispec_bench.plugins.method import SampleContext, make_method, parse_method_args
 from vispec_bench.results.metrics import summarize
 from vispec_bench.models.loading import load_model, resolve_device, resolve_dtype
 from vispec_bench.results.records import RunStore
@@ -74,7 +74,8 @@ def equivalence(method_ids: list[int], ar_ids: list[int], margin_at) -> dict:
 
 class Runner:
     def __init__(self, config: RunConfig, out_dir: str | Path = "runs", run_id: str | None = None,
-                 resume: str | Path | None = None, progress: bool = True, log=print):
+                 resume: str | Path | None = None, progress: bool = True, log=print, model_loader=load_model):
+        """`model_loader`: load_model, or one with builder options bound (e.g. another testbed weights directory)."""
         self.config = config
         self.log = log
         self.base_device = resolve_device(config.device)  # what the user asked for: part of the config
@@ -85,7 +86,7 @@ class Runner:
         self.sampling = SamplingConfig(config.temperature, config.top_p, config.top_k)
         method_names = _method_list(config.methods)
         raw_args = parse_method_args(config.method_args, method_names)
-        self.methods = [build_method(METHODS.load(n), n, raw_args.get(n, {})) for n in method_names]
+        self.methods = [make_method(n, raw_args.get(n, {})) for n in method_names]
         self.suite = make_suite(config.suite, config.prompt_mode, split=config.split, path=config.dataset_path,
                                 name=config.dataset_name, revision=config.revision, fixtures=config.fixtures)
         self.samples = self.suite.select(config.limit, config.seed)
@@ -95,6 +96,11 @@ class Runner:
             raise InputError(f"--repeats must be >= 1, got {config.repeats}")
         self.monitor = GpuMonitor(self.device)
         self.device_name = environment.device_name(self.device)
+        # The target before the config: what it supplies (its default drafts) is part of each
+        # method's config hash, so runs with different drafts are never taken as comparable.
+        self.loaded = model_loader(config.model, self.dtype, self.device, seed=config.seed)
+        for method in self.methods:
+            method.resolve(self.loaded.default_drafts)
         resolved = self.resolved_config()
         shard = f"rank{self.dist.rank}" if self.dist.enabled else None
         rank_devices = self.dist.gather(self.device_name)
@@ -126,8 +132,7 @@ class Runner:
     def run(self) -> Path:
         from tqdm.auto import tqdm
 
-        loaded = load_model(self.config.model, self.dtype, self.device, seed=self.config.seed)
-        adapter = make_adapter(loaded.model, loaded.processor)
+        adapter = make_adapter(self.loaded.model, self.loaded.processor)
         for method in self.methods:
             method.prepare(adapter)
         records = self.store.records()
@@ -211,6 +216,7 @@ class Runner:
             "method_config_hash": method.config_hash(),
             "lossless": method.is_lossless(),
             "tree_settings": method.runtime_settings(),
+            "draft": method.resolved_draft,  # path + sha256 of the draft loaded; None without one
             "repeat": repeat,
             "rank": self.dist.rank,
             "device": self.device_name,

@@ -20,13 +20,13 @@ development and for the engine's equivalence tests on the real language model.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import torch
 
 from vispec_bench.errors import UserError
+from vispec_bench.models.loading import load_model, shipped_drafts
 from vispec_bench.running.config import cache_dir
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -35,8 +35,7 @@ IMAGE_TOKEN_ID = 16
 IMAGE_SIZE, PATCH_SIZE = 64, 8
 VISION_CONFIG = dict(model_type="clip_vision_model", hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
                      num_attention_heads=4, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE)
-WEIGHTS_DIR = Path(__file__).parent / "weights"
-WEIGHTS_ENV = "VISPEC_TESTBED_WEIGHTS"  # another directory of testbed weights for `--model testbed`
+WEIGHTS_DIR = Path(__file__).parent / "weights"  # what ships; `testbed build` passes its own work directory
 SYSTEM_PROMPT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 CHAT_TEMPLATE = (
     "{% if messages[0]['role'] != 'system' %}<|im_start|>system\n" + SYSTEM_PROMPT + "<|im_end|>\n{% endif %}"
@@ -131,11 +130,6 @@ def build_untrained_testbed(dtype=torch.float32, device="cpu", seed: int = 0):
     return model.to(device=device, dtype=dtype).eval(), _processor(tokenizer)
 
 
-def default_weights_dir() -> Path:
-    """The package's shipped weights, unless $VISPEC_TESTBED_WEIGHTS names another directory."""
-    return Path(os.environ[WEIGHTS_ENV]) if os.environ.get(WEIGHTS_ENV) else WEIGHTS_DIR
-
-
 LORA_TARGETS = ("q_proj", "v_proj")  # the attention projections the build may adapt with LoRA
 
 
@@ -159,34 +153,20 @@ def merge_lora(model, state: dict[str, torch.Tensor]) -> int:
     return merged
 
 
-DRAFT_OF_METHOD = {"medusa": "medusa", "eagle2": "eagle2", "vispec": "vispec",
-                   # the ablations switch parts of the trained ViSpec draft off at decode time
-                   "vispec-noadaptor": "vispec", "vispec-noglobal": "vispec"}
-
-
-def default_drafts(weights_dir: str | Path | None = None) -> dict[str, str]:
-    """Method name -> the testbed's draft checkpoint in `weights_dir` (None: default_weights_dir()),
-    for the drafts that exist."""
-    root = Path(weights_dir if weights_dir is not None else default_weights_dir()) / "drafts"
-    return {method: str(root / draft) for method, draft in DRAFT_OF_METHOD.items()
-            if (root / draft / "draft.safetensors").exists()}
-
-
 def build_testbed(dtype=torch.float32, device="cpu", seed: int = 0, weights_dir: str | Path | None = None):
-    """The trained testbed from `weights_dir` (vision.safetensors, drafts/; None: the package's own,
-    default_weights_dir()). `testbed build` passes its work directory's weights here."""
-    root = Path(weights_dir) if weights_dir is not None else default_weights_dir()
+    """(model, processor, default drafts): the trained testbed from `weights_dir` (default: the
+    weights shipped in this package), with the drafts found under its drafts/ folder."""
+    root = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
     weights = root / "vision.safetensors"
     if not weights.exists():
         raise TestbedError(
-            f"the testbed's trained vision tower is not in {root} ({weights} is missing). "
+            f"the testbed's trained vision tower is not in {root} ({weights.name} is missing). "
             "Build it with `python -m vispec_bench testbed build`, or use "
             "--model testbed-untrained (same model, random vision tower) to exercise the pipeline.")
     from safetensors.torch import load_file
 
     model, processor = build_untrained_testbed(dtype=torch.float32, device="cpu", seed=seed)
     model.name_or_path = "vispec-bench/testbed"
-    model.vispec_default_drafts = default_drafts(root)
     state = load_file(str(weights))
     lora = {k: state.pop(k) for k in [k for k in state if k.startswith("lora.")]}
     if lora and merge_lora(model, lora) * 2 != len(lora):
@@ -194,4 +174,12 @@ def build_testbed(dtype=torch.float32, device="cpu", seed: int = 0, weights_dir:
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(k.startswith(("model.vision_tower.", "model.multi_modal_projector.")) for k in missing):
         raise TestbedError(f"{weights} does not fit the testbed (unexpected {unexpected[:4]})")
-    return model.to(device=device, dtype=dtype).eval(), processor
+    return model.to(device=device, dtype=dtype).eval(), processor, shipped_drafts(root / "drafts")
+
+
+def testbed_loader(weights_dir: str | Path):
+    """load_model, with `--model testbed` read from `weights_dir` instead of the package's weights
+    (`testbed build` trains the drafts against its work directory's testbed)."""
+    import functools
+
+    return functools.partial(load_model, builder_options={"weights_dir": Path(weights_dir)})

@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 from vispec_bench.results.records import append_jsonl
 
@@ -42,12 +41,3 @@ def mark_stage_done(work: Path, stage: str, info: dict) -> None:
 def weights_of(work: Path) -> Path:
     """The work directory's testbed weights (vision.safetensors; later stages load the target from here)."""
     return work / "weights"
-
-
-def load_built_testbed(work: Path, device: str, seed: int):
-    """The testbed as `--model testbed` loads it, but from this build's own weights, float32."""
-    from vispec_bench.models.loading import LoadedModel
-    from vispec_bench.models.testbed.model import build_testbed
-
-    model, processor = build_testbed(dtype=torch.float32, device=device, seed=seed, weights_dir=weights_of(work))
-    return LoadedModel(model=model, processor=processor, name="testbed", source="registry")

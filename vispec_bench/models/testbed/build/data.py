@@ -6,7 +6,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from vispec_bench.models.testbed.build.common import load_built_testbed
+from vispec_bench.models.testbed.build.common import weights_of
+from vispec_bench.models.testbed.model import testbed_loader
 from vispec_bench.running.config import BuildConfig
 
 
@@ -44,7 +45,7 @@ def generate_draft_data(config: BuildConfig, work: Path, device: str) -> dict:
                         limit=config.data_samples, seed=config.seed, max_new_tokens=config.data_max_new_tokens,
                         dtype="float32", device=device, batch_size=16)
     path = generate_data(gen, work / "data", extra_samples=text_instructions(config.data_samples // 5, config.seed),
-                         loaded=load_built_testbed(work, device, config.seed))
+                         model_loader=testbed_loader(weights_of(work)))
     rows = load_training_rows(path)
     lengths = [len(ids) for ids in rows["answer_ids"]]
     return {"rows": len(lengths), "mean_answer_tokens": round(sum(lengths) / len(lengths), 1),

@@ -7,8 +7,8 @@ import json
 import time
 from pathlib import Path
 
-from vispec_bench.models.testbed.build.common import (DRAFT_METHODS, StageLog, load_built_testbed, mark_stage_done,
-                                                      stage_done)
+from vispec_bench.models.testbed.build.common import DRAFT_METHODS, StageLog, mark_stage_done, stage_done, weights_of
+from vispec_bench.models.testbed.model import testbed_loader
 from vispec_bench.running.config import BuildConfig
 
 
@@ -29,7 +29,7 @@ def train_drafts(config: BuildConfig, work: Path, device: str, log: StageLog) ->
                                    method_args=[f"{method}.vocab={config.draft_vocab}"],
                                    resume=(out / "trainer_state.pt").exists())
         train(train_config, log=lambda message: log(stage=f"draft-{method}", message=message),
-              loaded=load_built_testbed(work, device, config.seed))
+              model_loader=testbed_loader(weights_of(work)))
         accuracy = json.loads((out / "draft_config.json").read_text())["training"]["eval_accuracy"]
         mark_stage_done(work, f"draft-{method}", {"steps": steps, "eval_accuracy": accuracy,
                                                   "seconds": round(time.time() - started, 1)})
