@@ -30,8 +30,9 @@ def test_the_documented_method_is_one_file_plus_one_entry_point_line(tmp_path, m
         return found + [plugin] if selection.get("group") == "vispec_bench.methods" else found
 
     monkeypatch.setattr(metadata, "entry_points", entry_points)
-    monkeypatch.setattr(METHODS, "_entries", dict(METHODS._entries))  # restored after the test
-    monkeypatch.setattr(METHODS, "_plugins_loaded", False)
+    # an unfilled registry (restored after the test) fills again, now finding the plug-in
+    for attribute, empty in (("_entries", {}), ("_aliases", {}), ("_filled", False), ("problems", [])):
+        monkeypatch.setattr(METHODS, attribute, empty)
     args = ["run", "--model", "tiny-llava", "--methods", name, "--method-args", f"{name}.ngram=1",
             f"{name}.depth=3", "--limit", "2", "--max-new-tokens", "24", "--dtype", "float32", "--device", "cpu",
             "--out", str(tmp_path), "--run-id", "doc", "--no-progress", "--no-warmup", "--no-profile"]

@@ -57,25 +57,17 @@ def test_ablations_are_found_by_the_method_they_ablate():
     assert registry.get("spec-small").preset == {"size": 1}
 
 
-class _Captured(Exception):
-    pass
-
-
 def test_run_ablations_adds_every_registered_ablation_of_the_runs_methods(monkeypatch):
-    from vispec_bench.cli import main
+    from vispec_bench.cli import build_parser, run_config_from_args
     from vispec_bench.plugins.registry import Entry
-    from vispec_bench.running import runner
 
-    def capture(config, **kwargs):
-        raise _Captured(config.methods)
+    def methods_run(*flags):
+        return run_config_from_args(build_parser().parse_args(["run", *flags])).methods
 
-    monkeypatch.setattr(runner, "Runner", capture)
     # a third-party ablation of a method: the CLI needs no name of it
     monkeypatch.setitem(METHODS._entries, "oracle-deep",
                         Entry("oracle-deep", "methods.oracle:Oracle", preset={"depth": 8}, ablation_of="oracle"))
-    with pytest.raises(_Captured) as run:
-        main(["run", "--methods", "oracle,vispec", "--ablations", "--no-progress"])
-    assert run.value.args[0] == ["oracle", "vispec", "oracle-deep", "vispec-noadaptor", "vispec-noglobal"]
-    with pytest.raises(_Captured) as run:
-        main(["run", "--methods", "eagle2", "--ablations", "--no-progress"])
-    assert run.value.args[0] == ["eagle2"]
+    assert methods_run("--methods", "oracle,vispec", "--ablations") == [
+        "oracle", "vispec", "oracle-deep", "vispec-noadaptor", "vispec-noglobal"]
+    assert methods_run("--methods", "eagle2", "--ablations") == ["eagle2"]
+    assert methods_run("--methods", "oracle,vispec") == ["oracle", "vispec"]
