@@ -177,6 +177,10 @@ def run_check(target: str, baseline_path: str, max_speedup_drop: float = 0.10, m
             from None
     findings = compare(rows, baseline, max_speedup_drop, max_tau_drop)
     log(format_findings(findings))
+    if baseline.get("version", 1) < BASELINE_VERSION:
+        log(f"\nnote: {baseline_file} is a version {baseline.get('version', 1)} baseline (this vispec-bench writes "
+            f"version {BASELINE_VERSION}): its entries lack what comparability and the noise rule need; rewrite it "
+            "from >= 5 repeats with --write-baseline")
     regressions = [f for f in findings if f["verdict"] == "regression"]
     incomparable = [f for f in findings if f["verdict"] == "not comparable"]
     missing = [f for f in findings if f["verdict"] == "missing"]
