@@ -90,8 +90,9 @@ def test_bootstrap_intervals_resample_samples_with_their_repeats():
     # Independent percentile bootstrap over samples (repeats pooled per sample), same seed and count.
     per_sample_m = np.array([sum(r["decode_s"] for r in records if r["method"] == "spec" and r["sample_id"] == f"s{i}")
                              for i in range(12)])
-    draws = np.random.default_rng(0).multinomial(12, np.full(12, 1 / 12), size=2000)
-    ratios = (draws @ np.full(12, 20.0)) / (draws @ per_sample_m)  # equal token counts: Σt_AR / Σt_m
+    rng = np.random.default_rng(0)
+    draws = np.concatenate([rng.integers(0, 12, size=(250, 12)) for _ in range(8)])  # 2000 resamples of 12
+    ratios = (20.0 * 12) / per_sample_m[draws].sum(axis=1)  # equal token counts: Σt_AR / Σt_m
     assert [low, high] == pytest.approx(list(np.percentile(ratios, [2.5, 97.5])), rel=1e-9)
     one = summarize(records[:2], _manifest(methods=("ar", "spec")))["methods"]["spec"]
     assert one["speedup_decode_ci_low"] is None  # one sample: no interval, never a zero-width one
