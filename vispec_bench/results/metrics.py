@@ -155,7 +155,7 @@ def summarize_method(method: str, records: list[dict], ar_records: list[dict], d
     tie_samples = {r["sample_id"] for r, kind in kinds if kind.endswith("_tie")}
     tie_samples -= {r["sample_id"] for r in unexplained}  # one tie never excuses another record of its sample
     tau = _ratio(s["emitted"].sum(), s["rounds"].sum())
-    drafts = sorted({str((r.get("draft") or {}).get("sha256") or r.get("draft_sha256")) for r in paired} - {"None"})
+    drafts = sorted({str(_draft_sha256(r)) for r in paired} - {"None"})
     return {
         "num_samples": len(s["t_m"]), "num_records": len(paired), "num_unpaired": len(unpaired), "unpaired": unpaired,
         "finished_ids_hash": hashlib.sha256("\n".join(sorted({r["sample_id"] for r in paired})).encode()).hexdigest()[:16],
@@ -193,6 +193,12 @@ def summarize_method(method: str, records: list[dict], ar_records: list[dict], d
         "config_hash": records[0].get("method_config_hash") if records else None,
         "draft_sha256": " ".join(drafts) or None,
     }
+
+
+def _draft_sha256(record: dict) -> str | None:
+    """The draft checkpoint's sha256 where the record names one ({"draft": {"path", "sha256", ...}})."""
+    draft = record.get("draft")
+    return draft.get("sha256") if isinstance(draft, dict) else record.get("draft_sha256")
 
 
 def _mean_extra_scores(records: list[dict]) -> dict[str, float]:
