@@ -28,7 +28,7 @@ def _record(sample, method, decode, repeat=0, equivalence=None, accepted=(3, 3, 
 
 
 def make_run(root, run_id, spec_times, samples=("a", "b", "c"), methods=("spec",), ar_samples=None,
-             divergences=None, **manifest):
+             divergences=None, draft_sha256=None, **manifest):
     """spec_times[r]: the methods' decode time per sample in repeat r; divergences[(sample, repeat)]:
     the equivalence dict of that method record."""
     store = RunStore.create(root / run_id, _manifest(run_id, methods=methods, **manifest))
@@ -37,7 +37,10 @@ def make_run(root, run_id, spec_times, samples=("a", "b", "c"), methods=("spec",
             store.append(_record(sample, "ar", AR_DECODE, repeat))
         for sample in samples:
             for method in methods:
-                store.append(_record(sample, method, spec_time, repeat, (divergences or {}).get((sample, repeat))))
+                record = _record(sample, method, spec_time, repeat, (divergences or {}).get((sample, repeat)))
+                if draft_sha256:
+                    record["draft"] = {"path": "/drafts/spec", "sha256": draft_sha256}
+                store.append(record)
     return root / run_id
 
 
@@ -95,6 +98,13 @@ def test_a_run_with_other_settings_is_not_comparable_not_a_regression(tmp_path, 
     name = next(iter(setting))
     assert f"{name}: " in out
     assert _check(other, baseline, strict=True)[0] == 1
+
+
+def test_another_draft_checkpoint_is_not_comparable(tmp_path):
+    baseline = _baseline(tmp_path, draft_sha256="d1")
+    code, out = _check(make_run(tmp_path, "d2", [5.0] * 3, draft_sha256="d2"), baseline, strict=True)
+    assert code == 1 and "draft_sha256: d1 -> d2" in out
+    assert _check(make_run(tmp_path, "d1", [5.0] * 3, draft_sha256="d1"), baseline, strict=True)[0] == 0
 
 
 def test_one_very_slow_repeat_cannot_excuse_itself(tmp_path):
