@@ -126,7 +126,7 @@ def test_unknown_method_on_the_command_line_exits_with_a_hint(capsys):
 
 def test_bf16_divergences_from_ar_are_near_ties_in_the_dtype(tmp_path):
     """In bf16 a tree forward and a one-token forward round differently; a correct engine can
-    only diverge from AR where the target's top two logits are within a few bf16 ULPs."""
+    only diverge from AR where the float32 referee finds the two tokens closer than rounding."""
     args = ["run", "--model", "tiny-llava", "--methods", "oracle", "--limit", "6", "--max-new-tokens", "48",
             "--dtype", "bfloat16", "--device", "cpu", "--out", str(tmp_path), "--run-id", "bf", "--no-progress",
             "--no-profile"]
@@ -135,6 +135,7 @@ def test_bf16_divergences_from_ar_are_near_ties_in_the_dtype(tmp_path):
     for record in records:
         match = record["equivalence"]
         if not match["exact_match"]:
-            assert match["margin_ulps"] is not None and match["dtype_tie"], match
+            referee = match["referee"]
+            assert match["dtype_tie"] and referee["float32_pair_gap"] < referee["logit_error"], match
     summary = json.loads((tmp_path / "bf" / "summary.json").read_text())["methods"]["oracle"]
-    assert summary["num_dtype_ties"] == summary["num_divergences"]
+    assert summary["num_divergences"] >= 1 and summary["num_unexplained_divergences"] == 0

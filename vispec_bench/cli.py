@@ -54,22 +54,28 @@ EXTRA_SCORE_LABELS = {"names_shape_or_color": "names_shape/color"}
 
 
 def format_summary(summary: dict) -> str:
-    columns = [("method", "{}"), ("samples", "{}"), ("tokens", "{}"), ("tok/sample", "{:.0f}"), ("tau", "{:.2f}"), ("speedup_dec", "{:.2f}x"),
-               ("speedup_e2e", "{:.2f}x"), ("exact_match", "{:.2f}"), ("accuracy", "{:.2f}"), ("tok/s", "{:.1f}")]
+    """The CLI table: the columns marked `cli` in the column table (intervals in brackets), then the
+    suite's extra scores, then any unpaired records, named."""
+    from vispec_bench.results.columns import COLUMNS, format_cell
+    from vispec_bench.results.metrics import summary_rows
+
+    columns = [c for c in COLUMNS if c.cli]
     extra = sorted({k for m in summary["methods"].values() for k in m.get("extra_scores") or {}})
-    columns += [(EXTRA_SCORE_LABELS.get(k, k), "{:.2f}") for k in extra]
+    header = [c.label for c in columns] + [EXTRA_SCORE_LABELS.get(k, k) for k in extra]
     rows = []
-    for name, m in summary["methods"].items():
-        values = [name, m["num_samples"], m["new_tokens"], m.get("mean_new_tokens"), m["mean_accepted_length"], m["speedup_decode"],
-                  m["speedup_e2e"], m["exact_match_rate"], m["accuracy"], m["tokens_per_s"]]
-        values += [(m.get("extra_scores") or {}).get(k) for k in extra]
-        rows.append(["-" if v is None else fmt.format(v) for (_, fmt), v in zip(columns, values)])
-    header = [c for c, _ in columns]
+    for row in summary_rows(summary):
+        scores = row["_details"].get("extra_scores") or {}
+        rows.append([format_cell(c, row) for c in columns] +
+                    ["-" if scores.get(k) is None else f"{scores[k]:.2f}" for k in extra])
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    lines = [f"{summary['model']} on {summary['suite']} ({summary['dtype']}, {summary['device']})",
+    lines = [f"{summary['model']} on {summary['suite']} ({summary['dtype']}, {summary['device']}); "
+             "[95 % bootstrap interval over samples]",
              "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
              "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     lines += ["| " + " | ".join(v.ljust(w) for v, w in zip(r, widths)) + " |" for r in rows]
+    for u in summary.get("unpaired", []):
+        lines.append(f"unpaired: {u['method']} sample {u['sample_id']} repeat {u['repeat']}: {u['why']} "
+                     "(excluded from every figure)")
     return "\n".join(lines)
 
 

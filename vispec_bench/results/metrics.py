@@ -1,23 +1,32 @@
-"""Metric definitions (docs/metrics.md), computed only from run records.
+"""Metrics, computed only from run records; every column is defined once, in `COLUMNS`
+(vispec_bench/results/columns.py, re-exported here).
 
-- tau (mean accepted length): sum over rounds of tokens emitted per round / number of rounds;
-  a round is one target forward after prefill; AR is exactly 1.0. tau - 1 is the ViSpec-table
-  convention (bonus token excluded).
-- speedup: sum of AR times / sum of method times over the samples both finished, decode-only
-  (after the first token) and end-to-end (vision + prefill + decode); plus the geometric mean
-  of per-sample decode ratios.
-- exact match: the method's ids equal AR's ids for the sample.
-- acceptance rate at draft depth d: among rounds whose tree reached depth d, the fraction
-  that accepted at least d draft tokens.
-- spread: with --repeats R, the aggregated decode speedup of each repeat separately; its
-  standard deviation is what the regression check compares a drop against.
+Pairing: a method record pairs with the AR record of the same sample and the same repeat
+(AR repeat r with method repeat r). A record without its partner is *unpaired*: it is named in
+the summary (`unpaired`) and left out of every figure of that method, never silently.
+
+Speedup is per token, so a method that stops at EOS earlier or later than AR (T > 0, bf16,
+lossy options) does not gain or lose from time alone:
+    speedup = (Σ tokens_method / Σ t_method) / (Σ tokens_AR / Σ t_AR)
+over the paired records; decode counts the tokens and time after the first token, end-to-end
+all tokens and prefill + decode time. When the ids match this is exactly Σ t_AR / Σ t_method.
+Every τ and speedup carries a 95 % bootstrap interval over samples (a sample's repeats stay
+together; vispec_bench/results/uncertainty.py) and the number of samples behind it.
 """
 
 from __future__ import annotations
 
-import math
+import hashlib
 import statistics
 from collections import Counter, defaultdict
+
+import numpy as np
+
+from vispec_bench.results import uncertainty
+from vispec_bench.results.columns import COLUMNS, COMPARABILITY, Column, csv_fields, format_cell  # noqa: F401
+from vispec_bench.results.records import SCHEMA_VERSION
+
+LOW_PRECISION = ("bfloat16", "float16")
 
 
 def _key(record: dict) -> tuple:
@@ -50,93 +59,214 @@ def energy_per_token(records: list[dict]) -> float | None:
     return sum(e["joules"] for e in measured) / sum(r["num_new_tokens"] for r in records)
 
 
-def decode_time(record: dict) -> float:
-    return record["decode_s"]
+def pair_with_ar(method: str, records: list[dict], ar_records: list[dict]) -> tuple[list[tuple[dict, dict]], list[dict]]:
+    """(AR record, method record) pairs by (sample, repeat), and the records left without a partner."""
+    ar_by_key, unpaired = {}, []
+    for record in ar_records:
+        ar_by_key.setdefault(_key(record), record)
+    if method == "ar":
+        return [(r, r) for r in ar_by_key.values()], []
+    pairs, seen = [], set()
+    for record in records:
+        key = _key(record)
+        if key in seen:
+            unpaired.append({"method": method, "sample_id": key[0], "repeat": key[1], "why": "duplicate record"})
+        elif key in ar_by_key:
+            pairs.append((ar_by_key[key], record))
+        else:
+            unpaired.append({"method": method, "sample_id": key[0], "repeat": key[1], "why": "no AR record"})
+        seen.add(key)
+    unpaired += [{"method": method, "sample_id": k[0], "repeat": k[1], "why": f"no {method} record"}
+                 for k in ar_by_key if k not in seen]
+    return pairs, unpaired
 
 
-def e2e_time(record: dict) -> float:
-    return record["prefill_s"] + record["decode_s"]
+def divergence_kind(record: dict, dtype: str) -> str:
+    """match | numerical_tie (float32, top-two margin < 1e-4) | dtype_tie (bf16/fp16 and the float32
+    referee found the divergence within rounding) | unexplained."""
+    match = record["equivalence"]
+    if match["exact_match"]:
+        return "match"
+    if dtype in LOW_PRECISION:
+        return "dtype_tie" if (match.get("referee") or {}).get("verdict") == "dtype_tie" else "unexplained"
+    return "numerical_tie" if match.get("numerical_tie") else "unexplained"
 
 
-def _speedup(pairs: list[tuple[dict, dict]], time_of) -> float:
-    """Sum of AR times / sum of method times over (AR record, method record) pairs."""
-    ar = sum(time_of(a) for a, _ in pairs)
-    method = sum(time_of(r) for _, r in pairs)
-    return ar / method if method > 0 else float("nan")
+def _decode_tokens(record: dict) -> int:
+    return record["num_new_tokens"] - 1  # the first token comes out of prefill
+
+
+def _per_sample(pairs: list[tuple[dict, dict]]) -> dict[str, np.ndarray]:
+    """Per-sample sums over its repeats, in one array per quantity (samples in first-seen order)."""
+    by_sample: dict[str, list] = defaultdict(list)
+    for pair in pairs:
+        by_sample[pair[1]["sample_id"]].append(pair)
+    fields = {
+        "tok_m": lambda a, r: _decode_tokens(r), "t_m": lambda a, r: r["decode_s"],
+        "tok_ar": lambda a, r: _decode_tokens(a), "t_ar": lambda a, r: a["decode_s"],
+        "e2e_tok_m": lambda a, r: r["num_new_tokens"], "e2e_t_m": lambda a, r: r["prefill_s"] + r["decode_s"],
+        "e2e_tok_ar": lambda a, r: a["num_new_tokens"], "e2e_t_ar": lambda a, r: a["prefill_s"] + a["decode_s"],
+        "emitted": lambda a, r: sum(r["accepted_lengths"]), "rounds": lambda a, r: len(r["accepted_lengths"]),
+    }
+    return {name: np.array([sum(get(a, r) for a, r in group) for group in by_sample.values()], dtype=float)
+            for name, get in fields.items()}
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return float(numerator) / float(denominator) if denominator else float("nan")
+
+
+def _throughput_ratio(s: dict, prefix: str = "") -> float:
+    return _ratio(_ratio(s[prefix + "tok_m"].sum(), s[prefix + "t_m"].sum()),
+                  _ratio(s[prefix + "tok_ar"].sum(), s[prefix + "t_ar"].sum()))
+
+
+def _require_timings(method: str, s: dict) -> None:
+    for name, who in (("t_m", method), ("t_ar", "ar")):
+        if len(s[name]) and not s[name].sum() > 0:
+            raise ValueError(f"cannot compute a speedup for {method}: the decode time (decode_s) of every one of "
+                             f"its {len(s[name])} paired sample(s) is 0 in the {who} records; expected positive "
+                             "timings from a timed run")
+
+
+def _ci_fields(name: str, ci: list[float] | None) -> dict:
+    return {f"{name}_ci_low": ci[0] if ci else None, f"{name}_ci_high": ci[1] if ci else None}
+
+
+def summarize_method(method: str, records: list[dict], ar_records: list[dict], dtype: str) -> dict:
+    pairs, unpaired = pair_with_ar(method, records, ar_records)
+    paired = [r for _, r in pairs]
+    s = _per_sample(pairs)
+    _require_timings(method, s)
+    by_repeat = defaultdict(list)
+    for pair in pairs:
+        by_repeat[pair[1].get("repeat", 0)].append(pair)
+    per_repeat = [_throughput_ratio(_per_sample(p)) for _, p in sorted(by_repeat.items())]
+    usable = (s["tok_m"] > 0) & (s["t_m"] > 0) & (s["tok_ar"] > 0) & (s["t_ar"] > 0)
+    log_ratios = np.log((s["tok_m"][usable] / s["t_m"][usable]) / (s["tok_ar"][usable] / s["t_ar"][usable]))
+    first_pass = min(by_repeat) if by_repeat else 0
+    one_pass = [r for r in paired if r.get("repeat", 0) == first_pass]
+    new_tokens = sum(r["num_new_tokens"] for r in one_pass)
+    total_time = sum(r["prefill_s"] + r["decode_s"] for r in paired)
+    scores = [r["score"] for r in one_pass if r.get("score") is not None]
+    kinds = [(r, divergence_kind(r, dtype)) for r in paired]
+    unexplained = [r for r, kind in kinds if kind == "unexplained"]
+    tie_samples = {r["sample_id"] for r, kind in kinds if kind.endswith("_tie")}
+    tie_samples -= {r["sample_id"] for r in unexplained}  # one tie never excuses another record of its sample
+    tau = _ratio(s["emitted"].sum(), s["rounds"].sum())
+    drafts = sorted({str(_draft_sha256(r)) for r in paired} - {"None"})
+    return {
+        "num_samples": len(s["t_m"]), "num_records": len(paired), "num_unpaired": len(unpaired), "unpaired": unpaired,
+        "finished_ids_hash": hashlib.sha256("\n".join(sorted({r["sample_id"] for r in paired})).encode()).hexdigest()[:16],
+        "new_tokens": new_tokens, "mean_new_tokens": _ratio(new_tokens, len(one_pass)),
+        "num_rounds": int(s["rounds"].sum()),
+        "mean_accepted_length": tau, "mean_accepted_length_excl_bonus": tau - 1,
+        **_ci_fields("mean_accepted_length", uncertainty.ratio_ci(s["emitted"], s["rounds"])),
+        "speedup_decode": _throughput_ratio(s),
+        **_ci_fields("speedup_decode", uncertainty.throughput_ratio_ci(s["tok_m"], s["t_m"], s["tok_ar"], s["t_ar"])),
+        "speedup_e2e": _throughput_ratio(s, "e2e_"),
+        **_ci_fields("speedup_e2e", uncertainty.throughput_ratio_ci(s["e2e_tok_m"], s["e2e_t_m"], s["e2e_tok_ar"],
+                                                                   s["e2e_t_ar"])),
+        "speedup_decode_geomean": float(np.exp(log_ratios.mean())) if log_ratios.size else float("nan"),
+        **_ci_fields("speedup_decode_geomean", uncertainty.geomean_ci(log_ratios)),
+        "num_repeats": len(per_repeat),
+        "speedup_decode_per_repeat": per_repeat,
+        "speedup_decode_median_repeat": statistics.median(per_repeat) if per_repeat else None,
+        "speedup_decode_std": statistics.stdev(per_repeat) if len(per_repeat) > 1 else None,
+        "tokens_per_s": _ratio(sum(r["num_new_tokens"] for r in paired), total_time),
+        "exact_match_rate": _ratio(sum(r["equivalence"]["exact_match"] for r in paired), len(paired)),
+        "num_divergences": sum(kind != "match" for _, kind in kinds),
+        "num_tie_samples": len(tie_samples),
+        "num_unexplained_divergences": len(unexplained),
+        "divergent_samples": [f"{r['sample_id']}#{r.get('repeat', 0)}" for r in unexplained],
+        "accuracy": sum(scores) / len(scores) if scores else None,
+        "extra_scores": _mean_extra_scores(one_pass),
+        "lossless": all(r.get("lossless", True) for r in records),
+        "acceptance_by_depth": acceptance_by_depth(paired),
+        "accepted_length_histogram": {str(k): v for k, v in sorted(Counter(
+            n for r in paired for n in r["accepted_lengths"]).items())},
+        "round_breakdown": round_breakdown(paired),
+        "joules_per_token": energy_per_token(paired),
+        "peak_memory_mb": max((r["peak_memory_mb"] for r in paired if r.get("peak_memory_mb") is not None),
+                              default=None),
+        "config_hash": records[0].get("method_config_hash") if records else None,
+        "draft_sha256": " ".join(drafts) or None,
+    }
+
+
+def _draft_sha256(record: dict) -> str | None:
+    """The draft checkpoint's sha256 where the record names one ({"draft": {"path", "sha256", ...}})."""
+    draft = record.get("draft")
+    return draft.get("sha256") if isinstance(draft, dict) else record.get("draft_sha256")
 
 
 def _mean_extra_scores(records: list[dict]) -> dict[str, float]:
     values: dict[str, list[float]] = defaultdict(list)
     for record in records:
-        if record.get("repeat", 0) == 0:
-            for key, value in (record.get("extra_scores") or {}).items():
-                values[key].append(value)
+        for key, value in (record.get("extra_scores") or {}).items():
+            values[key].append(value)
     return {key: sum(v) / len(v) for key, v in sorted(values.items())}
 
 
-def summarize_method(records: list[dict], ar_by_key: dict[tuple, dict]) -> dict:
-    rounds = sum(len(r["accepted_lengths"]) for r in records)
-    emitted_in_rounds = sum(sum(r["accepted_lengths"]) for r in records)
-    tau = emitted_in_rounds / rounds if rounds else float("nan")
-    paired = [(ar_by_key[_key(r)], r) for r in records if _key(r) in ar_by_key]
-    by_repeat = defaultdict(list)
-    for pair in paired:
-        by_repeat[pair[1].get("repeat", 0)].append(pair)
-    per_repeat = [_speedup(p, decode_time) for _, p in sorted(by_repeat.items())]
-    ratios = [a["decode_s"] / r["decode_s"] for a, r in paired if r["decode_s"] > 0 and a["decode_s"] > 0]
-    new_tokens = sum(r["num_new_tokens"] for r in records if r.get("repeat", 0) == 0)  # one pass over the samples
-    total_time = sum(map(e2e_time, records))
-    scores = [r["score"] for r in records if r.get("score") is not None]
-    matches = [r["equivalence"]["exact_match"] for r in records]
-    ties = [r for r in records if not r["equivalence"]["exact_match"] and r["equivalence"].get("numerical_tie")]
-    dtype_ties = [r for r in records if not r["equivalence"]["exact_match"] and r["equivalence"].get("dtype_tie")]
-    return {
-        "num_samples": len({r["sample_id"] for r in records}),
-        "num_records": len(records),
-        "new_tokens": new_tokens,
-        "mean_new_tokens": new_tokens / max(1, sum(1 for r in records if r.get("repeat", 0) == 0)),
-        "num_rounds": rounds,
-        "mean_accepted_length": tau,
-        "mean_accepted_length_excl_bonus": tau - 1,
-        "speedup_decode": _speedup(paired, decode_time),
-        "speedup_e2e": _speedup(paired, e2e_time),
-        "speedup_decode_geomean": math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else float("nan"),
-        "tokens_per_s": sum(r["num_new_tokens"] for r in records) / total_time if total_time > 0 else float("nan"),
-        "exact_match_rate": sum(matches) / len(matches) if matches else float("nan"),
-        "num_numerical_ties": len(ties),
-        "num_divergences": len(matches) - sum(matches),
-        "num_dtype_ties": len(dtype_ties),  # divergences within 2 ULPs of the run's dtype
-        "accuracy": sum(scores) / len(scores) if scores else None,
-        "extra_scores": _mean_extra_scores(records),
-        "lossless": all(r.get("lossless", True) for r in records),
-        "num_repeats": len(per_repeat),
-        "speedup_decode_per_repeat": per_repeat,
-        "speedup_decode_std": statistics.stdev(per_repeat) if len(per_repeat) > 1 else None,
-        "acceptance_by_depth": acceptance_by_depth(records),
-        "accepted_length_histogram": {str(k): v for k, v in sorted(Counter(
-            n for r in records for n in r["accepted_lengths"]).items())},
-        "round_breakdown": round_breakdown(records),
-        "joules_per_token": energy_per_token(records),
-        "peak_memory_mb": max((r["peak_memory_mb"] for r in records if r.get("peak_memory_mb") is not None),
-                              default=None),
-        "config_hash": records[0].get("method_config_hash") if records else None,
-    }
+def _model_identity(manifest: dict) -> str | None:
+    """The weights' identity where the manifest records one (a sha256 or a revision)."""
+    model = manifest.get("model")
+    if isinstance(model, dict):
+        return model.get("sha256") or model.get("revision")
+    return manifest.get("model_identity")
+
+
+def run_identity(manifest: dict) -> dict:
+    """Run-level columns: what the run measured and under which settings."""
+    config, env = manifest["config"], manifest.get("environment", {})
+    packages, git = env.get("packages", {}), env.get("git", {})
+    versions = (f"torch {packages.get('torch')}, transformers {packages.get('transformers')}, vispec-bench "
+                f"{packages.get('vispec-bench')}, git {(git.get('commit') or 'unknown')[:10]}"
+                f"{' (dirty)' if git.get('dirty') else ''}")
+    engine = config.get("engine")
+    return {"model": config["model"], "model_identity": _model_identity(manifest), "suite": config["suite"],
+            "dataset_path": config.get("dataset_path"), "dataset_name": config.get("dataset_name"),
+            "split": config.get("split"), "revision": config.get("revision"), "fixtures": config.get("fixtures"),
+            "prompt_mode": config.get("prompt_mode"), "temperature": config.get("temperature"),
+            "top_p": config.get("top_p"), "top_k": config.get("top_k"), "seed": config.get("seed"),
+            "max_new_tokens": config.get("max_new_tokens"), "dtype": config["dtype"],
+            "device": env.get("device_name"), "engine": None if engine is None else str(engine),
+            "warmup": config.get("warmup"), "versions": versions, "run_id": manifest["run_id"],
+            "created": manifest.get("created")}
 
 
 def summarize(records: list[dict], manifest: dict) -> dict:
     by_method: dict[str, list[dict]] = defaultdict(list)
     for record in records:
         by_method[record["method"]].append(record)
-    ar_by_key = {_key(r): r for r in by_method.get("ar", [])}
+    dtype = manifest["config"]["dtype"]
     order = [m["name"] for m in manifest["config"]["methods"]]
-    methods = {name: summarize_method(by_method[name], ar_by_key) for name in order if by_method.get(name)}
+    methods = {name: summarize_method(name, by_method[name], by_method.get("ar", []), dtype)
+               for name in order if by_method.get(name)}
     devices = sorted({r["device"] for r in records if r.get("device")})
     if len(devices) > 1:  # sharded over different devices: their figures side by side
         for name, summary in methods.items():
-            summary["by_device"] = {device: summarize_method([r for r in by_method[name] if r.get("device") == device],
-                                                             ar_by_key) for device in devices}
+            on = {device: [r for r in records if r.get("device") == device] for device in devices}
+            summary["by_device"] = {device: summarize_method(name, [r for r in on[device] if r["method"] == name],
+                                                             [r for r in on[device] if r["method"] == "ar"], dtype)
+                                    for device in devices}
     config = manifest["config"]
-    return {"run_id": manifest["run_id"], "created": manifest.get("created"), "model": config["model"],
-            "suite": config["suite"], "device": manifest["environment"].get("device_name"), "dtype": config["dtype"],
-            "max_new_tokens": config.get("max_new_tokens"), "temperature": config.get("temperature"),
-            "sample_ids_hash": config.get("sample_ids_hash"), "methods": methods}
+    return {"schema_version": SCHEMA_VERSION, "run_id": manifest["run_id"], "created": manifest.get("created"),
+            "model": config["model"], "suite": config["suite"], "device": manifest["environment"].get("device_name"),
+            "dtype": config["dtype"], "max_new_tokens": config.get("max_new_tokens"),
+            "temperature": config.get("temperature"), "sample_ids_hash": config.get("sample_ids_hash"),
+            "identity": run_identity(manifest), "methods": methods,
+            "unpaired": [u for m in methods.values() for u in m["unpaired"]]}
+
+
+def summary_rows(summary: dict) -> list[dict]:
+    """One row per method with every column of `COLUMNS` (and its interval fields); `_details` holds
+    the method's whole summary for the plots."""
+    rows = []
+    for method, m in summary["methods"].items():
+        row = {**summary["identity"], **{k: v for k, v in m.items() if k in _ROW_FIELDS}, "method": method}
+        rows.append({name: row.get(name) for name in csv_fields()} | {"_details": m})
+    return rows
+
+
+_ROW_FIELDS = set(csv_fields())

@@ -6,10 +6,16 @@ records.jsonl and all shards, so reports, summaries and resume see one run.
 Records are never overwritten or deduplicated: each is one JSON line written with a single
 append and flushed to disk before the next sample starts. A corrupt line is an error naming
 its line number; the file is left as it is for the user to inspect.
+
+Every manifest and record carries `schema_version` (SCHEMA_VERSION when written). Readers accept
+this version and older ones (a manifest or record without the field is version 1) and refuse
+newer ones with an error saying so. A report keeps its runs' records gzip-compressed
+(records.jsonl.gz); readers take both.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from pathlib import Path
@@ -17,6 +23,20 @@ from pathlib import Path
 from vispec_bench.errors import ExistingOutputError, MissingInputError, UserError
 
 MANIFEST, RECORDS, SUMMARY = "manifest.json", "records.jsonl", "summary.json"
+# 1: the original layout (no field). 2: schema_version stamped; per-token speedups; the float32
+# referee's verdict in a low-precision record's equivalence dict.
+SCHEMA_VERSION = 2
+
+
+class NewerSchemaError(ValueError):
+    pass
+
+
+def check_schema_version(data: dict, where) -> None:
+    version = data.get("schema_version", 1)
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise NewerSchemaError(f"{where} has schema_version {version!r}, but this vispec-bench reads versions 1 to "
+                               f"{SCHEMA_VERSION}: it was written by a newer vispec-bench; upgrade to read it")
 
 
 class CorruptRecordsError(UserError, ValueError):
@@ -59,7 +79,7 @@ def load_records(path: Path) -> list[dict]:
     if not path.exists():
         return []
     records = []
-    with path.open() as handle:
+    with (gzip.open(path, "rt") if path.suffix == ".gz" else path.open()) as handle:
         for line_number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -74,6 +94,7 @@ def load_records(path: Path) -> list[dict]:
             if not isinstance(record, dict) or "method" not in record or "sample_id" not in record:
                 raise CorruptRecordsError(f"{path}:{line_number} is JSON but not a run record "
                                           "(needs 'method' and 'sample_id')")
+            check_schema_version(record, f"{path}:{line_number}")
             records.append(record)
     return records
 
@@ -88,7 +109,7 @@ class RunStore:
         return self.run_dir / (RECORDS if self.shard is None else f"records.{self.shard}.jsonl")
 
     def record_files(self) -> list[Path]:
-        return sorted(self.run_dir.glob("records*.jsonl"))
+        return sorted(self.run_dir.glob("records*.jsonl")) + sorted(self.run_dir.glob("records*.jsonl.gz"))
 
     @classmethod
     def create(cls, run_dir: Path, manifest: dict) -> "RunStore":
@@ -96,7 +117,7 @@ class RunStore:
         if run_dir.exists() and any(run_dir.iterdir()):
             raise ExistingOutputError(f"{run_dir} already holds a run; use --resume {run_dir} or another --run-id")
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(run_dir / MANIFEST, manifest)
+        write_json_atomic(run_dir / MANIFEST, {"schema_version": SCHEMA_VERSION} | manifest)
         return cls(run_dir)
 
     @classmethod
@@ -111,13 +132,15 @@ class RunStore:
         return cls(run_dir, shard)
 
     def manifest(self) -> dict:
-        return read_json(self.run_dir / MANIFEST)
+        manifest = read_json(self.run_dir / MANIFEST)
+        check_schema_version(manifest, self.run_dir / MANIFEST)
+        return manifest
 
     def records(self) -> list[dict]:
         return [record for path in self.record_files() for record in load_records(path)]
 
     def append(self, record: dict) -> None:
-        append_jsonl(self.records_path, record)
+        append_jsonl(self.records_path, {"schema_version": SCHEMA_VERSION} | record)
 
     def write_summary(self, summary: dict) -> None:
         write_json_atomic(self.run_dir / SUMMARY, summary)

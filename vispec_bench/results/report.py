@@ -1,26 +1,28 @@
 """`report`: runs -> index.md, a self-contained index.html, summary.csv and PNG plots.
 
-Reads only run directories (manifest.json + records.jsonl); summaries are recomputed from the
+Reads only run directories (manifest.json + records); summaries are recomputed from the
 records with vispec_bench.results.metrics, so a report never trusts a stale summary.json. Runs of
 several models, suites and dates combine into one report; each run's environment is listed.
+The report keeps what it was made from: runs/<run_id>/manifest.json and records.jsonl.gz, so
+`report <report>/runs --out <report>` re-derives every figure. Columns, their formats and
+definitions come from the one column table (vispec_bench/results/columns.py).
 """
 
 from __future__ import annotations
 
 import base64
+import gzip
 import html
+import json
 import time
 from pathlib import Path
 
 from vispec_bench.errors import MissingInputError
-from vispec_bench.results.metrics import summarize
-from vispec_bench.results.records import MANIFEST, RunStore
+from vispec_bench.results import metrics
+from vispec_bench.results.columns import COLUMNS, csv_fields, csv_value, definitions, format_cell
+from vispec_bench.results.records import MANIFEST, RunStore, write_json_atomic
 
-CSV_COLUMNS = ["model", "suite", "method", "num_samples", "new_tokens", "mean_accepted_length",
-               "mean_accepted_length_excl_bonus", "speedup_decode", "speedup_e2e", "speedup_decode_geomean",
-               "speedup_decode_std", "num_repeats", "tokens_per_s", "exact_match_rate", "num_numerical_ties",
-               "accuracy", "joules_per_token", "peak_memory_mb", "lossless", "device", "dtype", "max_new_tokens",
-               "temperature", "sample_ids_hash", "config_hash", "run_id", "created"]
+TABLE = [c for c in COLUMNS if c.table]
 
 
 def find_runs(paths: list[str], runs_root: str = "runs") -> list[Path]:
@@ -29,6 +31,8 @@ def find_runs(paths: list[str], runs_root: str = "runs") -> list[Path]:
     if paths:
         found = []
         for path in map(Path, paths):
+            if not (path / MANIFEST).exists() and (path / "runs").is_dir():  # a report: the runs it keeps
+                path = path / "runs"
             if (path / MANIFEST).exists():
                 found.append(path)
             elif path.is_dir() and any((p / MANIFEST).exists() for p in path.iterdir() if p.is_dir()):
@@ -54,20 +58,27 @@ def find_runs(paths: list[str], runs_root: str = "runs") -> list[Path]:
 def load_run(run_dir: Path) -> tuple[dict, dict]:
     store = RunStore(run_dir)
     manifest = store.manifest()
-    return manifest, summarize(store.records(), manifest)
+    return manifest, metrics.summarize(store.records(), manifest)
 
 
 def summary_rows(runs: list[tuple[dict, dict]]) -> list[dict]:
-    rows = []
-    for manifest, summary in runs:
-        for method, m in summary["methods"].items():
-            row = {k: m.get(k) for k in CSV_COLUMNS if k in m}
-            row.update(model=summary["model"], suite=summary["suite"], method=method, device=summary["device"],
-                       dtype=summary["dtype"], max_new_tokens=summary["max_new_tokens"],
-                       temperature=summary["temperature"], sample_ids_hash=summary["sample_ids_hash"],
-                       run_id=summary["run_id"], created=summary["created"])
-            rows.append({k: row.get(k) for k in CSV_COLUMNS} | {"_details": m})
-    return rows
+    return [row for _, summary in runs for row in metrics.summary_rows(summary)]
+
+
+def keep_runs(run_dirs: list[Path], out: Path) -> None:
+    """Copy each run's manifest and records (merged shards, gzip, no timestamp) into out/runs/<run_id>/."""
+    for run_dir in run_dirs:
+        store = RunStore(run_dir)
+        manifest = store.manifest()
+        records = store.records()
+        kept = out / "runs" / manifest["run_id"]
+        if kept.resolve() == Path(run_dir).resolve():
+            continue  # regenerating a report from the runs it keeps
+        kept.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(kept / MANIFEST, manifest)
+        lines = "".join(json.dumps(record, default=str) + "\n" for record in records).encode()
+        with open(kept / "records.jsonl.gz", "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as handle:
+            handle.write(lines)
 
 
 # --- plots -------------------------------------------------------------------------------------
@@ -96,7 +107,9 @@ def _assign_labels(rows: list[dict]) -> None:
         row["_label"] = label
 
 
-def _grouped_bars(rows, value, error, title, ylabel, path, reference=None):
+def _grouped_bars(rows, value, title, ylabel, path, reference=None, interval=False):
+    """Bars per (group, method); with `interval`, error bars span the 95 % bootstrap interval.
+    Each bar is labelled with its value and the number of samples behind it."""
     import matplotlib.pyplot as plt
 
     groups = sorted({_label(r) for r in rows})
@@ -105,17 +118,22 @@ def _grouped_bars(rows, value, error, title, ylabel, path, reference=None):
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups) * max(1, len(methods) / 3)), 4))
     top = 0.0
     for i, method in enumerate(methods):
-        xs, ys, errs = [], [], []
+        xs, ys, lows, highs, counts = [], [], [], [], []
         for g, group in enumerate(groups):
             match = [r for r in rows if _label(r) == group and r["method"] == method]
             if match and match[0][value] is not None:
+                row = match[0]
                 xs.append(g + (i - (len(methods) - 1) / 2) * width)
-                ys.append(match[0][value])
-                errs.append((match[0].get(error) or 0) if error else 0)
-        bars = ax.bar(xs, ys, width, yerr=errs if any(errs) else None, label=method, capsize=3)
-        ax.bar_label(bars, fmt="%.2f", fontsize=7)
-        top = max([top] + [y + e for y, e in zip(ys, errs)])
-    ax.set_ylim(0, top * 1.3 or 1)  # headroom for the legend
+                ys.append(row[value])
+                low, high = (row.get(f"{value}_ci_low"), row.get(f"{value}_ci_high")) if interval else (None, None)
+                lows.append(row[value] - low if low is not None else 0)
+                highs.append(high - row[value] if high is not None else 0)
+                counts.append(row.get("num_samples"))
+        errors = [lows, highs] if any(lows) or any(highs) else None
+        bars = ax.bar(xs, ys, width, yerr=errors, label=method, capsize=3)
+        ax.bar_label(bars, labels=[f"{y:.2f}\nn={n}" for y, n in zip(ys, counts)], fontsize=7)
+        top = max([top] + [y + e for y, e in zip(ys, highs)])
+    ax.set_ylim(0, top * 1.35 or 1)  # headroom for the labels and the legend
     if reference is not None:
         ax.axhline(reference, color="grey", linewidth=0.8, linestyle="--")
     ax.set_xticks(range(len(groups)), groups, fontsize=8)
@@ -189,12 +207,13 @@ def make_plots(rows: list[dict], out: Path) -> list[tuple[str, str]]:
     matplotlib.use("Agg")
     _assign_labels(rows)
     plots = []
-    _grouped_bars(rows, "speedup_decode", "speedup_decode_std", "Decode speedup over AR (same engine, same run)",
-                  "speedup (x)", out / "speedup.png", reference=1.0)
-    plots.append(("speedup.png", "Decode speedup over AR; error bars: std across --repeats"))
-    _grouped_bars(rows, "mean_accepted_length", None, "Mean accepted length tau (incl. bonus token)", "tau",
-                  out / "tau.png", reference=1.0)
-    plots.append(("tau.png", "Mean accepted length τ per method and suite"))
+    _grouped_bars(rows, "speedup_decode", "Per-token decode speedup over AR (same engine, same run)",
+                  "speedup (x)", out / "speedup.png", reference=1.0, interval=True)
+    plots.append(("speedup.png", "Per-token decode speedup over AR; error bars: 95 % bootstrap interval over "
+                                 "samples; n = samples"))
+    _grouped_bars(rows, "mean_accepted_length", "Mean accepted length tau (incl. bonus token)", "tau",
+                  out / "tau.png", reference=1.0, interval=True)
+    plots.append(("tau.png", "Mean accepted length τ; error bars: 95 % bootstrap interval; n = samples"))
     _acceptance_plot([r for r in rows if r["method"] != "ar"], out / "acceptance_by_depth.png")
     plots.append(("acceptance_by_depth.png", "Acceptance rate per draft depth"))
     _histogram_plot(rows, out / "accepted_length_histogram.png")
@@ -204,32 +223,13 @@ def make_plots(rows: list[dict], out: Path) -> list[tuple[str, str]]:
         plots.append(("round_breakdown.png", "Per-round time breakdown (separate profiling pass)"))
     energy_rows = [r for r in rows if r["joules_per_token"] is not None]
     if energy_rows:
-        _grouped_bars(energy_rows, "joules_per_token", None, "Energy per generated token (NVML)", "J / token",
+        _grouped_bars(energy_rows, "joules_per_token", "Energy per generated token (NVML)", "J / token",
                       out / "energy.png")
         plots.append(("energy.png", "Energy per generated token"))
     return plots
 
 
 # --- documents -----------------------------------------------------------------------------------
-
-TABLE_COLUMNS = [("model", "model", "{}"), ("suite", "suite", "{}"), ("method", "method", "{}"),
-                 ("samples", "num_samples", "{}"), ("tokens", "new_tokens", "{}"),
-                 ("τ", "mean_accepted_length", "{:.2f}"), ("τ−1", "mean_accepted_length_excl_bonus", "{:.2f}"),
-                 ("speedup (decode)", "speedup_decode", "{:.2f}x"), ("± std", "speedup_decode_std", "{:.2f}"),
-                 ("speedup (e2e)", "speedup_e2e", "{:.2f}x"), ("exact match", "exact_match_rate", "{:.2f}"),
-                 ("accuracy", "accuracy", "{:.2f}"), ("tok/s", "tokens_per_s", "{:.1f}"),
-                 ("J/token", "joules_per_token", "{:.3f}"), ("device", "device", "{}"), ("dtype", "dtype", "{}")]
-
-
-def _cell(row, key, fmt):
-    value = row.get(key)
-    if value is None:
-        return "—"
-    text = fmt.format(value)
-    if key == "method" and row.get("lossless") is False:
-        text += " (lossy)"
-    return text
-
 
 def _environment_lines(manifest: dict) -> list[str]:
     env = manifest["environment"]
@@ -244,15 +244,15 @@ def _environment_lines(manifest: dict) -> list[str]:
             f"command: `{manifest.get('command', '')}`"]
 
 
-DEFINITIONS = [
-    "τ: tokens emitted per target forward (accepted draft tokens + 1 bonus/recovered token), over all rounds; "
-    "AR is 1.00. τ−1 is the ViSpec/MMSpec table convention.",
-    "speedup: Σ t_AR / Σ t_method over the same samples, same run, same machine, same engine and dtype; decode = "
-    "after the first token, e2e = with vision encoder and prefill. ± std: spread of the per-repeat speedups.",
-    "exact match: the method's ids equal AR's ids (temperature 0). A lossy method is marked (lossy).",
+EXTRA_DEFINITIONS = [
     "per-round breakdown comes from a separate profiling pass that synchronises at every phase; its times are "
     "never used in a speedup.",
 ]
+
+
+def unpaired_lines(runs: list[tuple[dict, dict]]) -> list[str]:
+    return [f"run `{summary['run_id']}`: {u['method']} sample {u['sample_id']} repeat {u['repeat']}: {u['why']} "
+            "(excluded from every figure)" for _, summary in runs for u in summary.get("unpaired", [])]
 
 
 def per_device_lines(rows: list[dict]) -> list[str]:
@@ -270,24 +270,31 @@ def write_report(run_dirs: list[Path], out: Path) -> Path:
 
     out.mkdir(parents=True, exist_ok=True)
     runs = [load_run(d) for d in run_dirs]
+    keep_runs(run_dirs, out)
     rows = summary_rows(runs)
-    pd.DataFrame([{k: r[k] for k in CSV_COLUMNS} for r in rows], columns=CSV_COLUMNS).to_csv(
+    fields = csv_fields()
+    pd.DataFrame([{k: csv_value(k, r[k]) for k in fields} for r in rows], columns=fields).to_csv(
         out / "summary.csv", index=False)
     plots = make_plots(rows, out)
     generated = time.strftime("%Y-%m-%d %H:%M:%S %Z")
 
-    header = [title for title, _, _ in TABLE_COLUMNS]
-    body = [[_cell(r, key, fmt) for _, key, fmt in TABLE_COLUMNS] for r in rows]
-    md = [f"# vispec-bench report", "", f"Generated {generated} from {len(runs)} run(s) by "
-          f"`python -m vispec_bench report`.", "", "| " + " | ".join(header) + " |",
-          "|" + "|".join("---" for _ in header) + "|"]
+    header = [column.label for column in TABLE]
+    body = [[format_cell(column, r) for column in TABLE] for r in rows]
+    md = ["# vispec-bench report", "", f"Generated {generated} from {len(runs)} run(s) by "
+          f"`python -m vispec_bench report`; regenerate it from the runs it keeps with `python -m vispec_bench "
+          f"report {out}/runs --out {out}`. Brackets: 95 % bootstrap interval over samples.", "",
+          "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     md += ["| " + " | ".join(cells) + " |" for cells in body]
     per_device = per_device_lines(rows)
     if per_device:
         md += ["", "## Per-device figures (runs sharded over different devices)", ""] + per_device
+    unpaired = unpaired_lines(runs)
+    if unpaired:
+        md += ["", "## Unpaired records (excluded from every figure)", ""] + [f"- {line}" for line in unpaired]
     md += ["", "## Plots", ""] + [f"![{caption}]({name})" for name, caption in plots]
     md += ["", "## Runs and environments", ""] + [f"- {line}" for m, _ in runs for line in _environment_lines(m)]
-    md += ["", "## Definitions", ""] + [f"- {d}" for d in DEFINITIONS]
+    all_definitions = definitions() + EXTRA_DEFINITIONS
+    md += ["", "## Definitions", ""] + [f"- {d}" for d in all_definitions]
     (out / "index.md").write_text("\n".join(md) + "\n")
 
     def embed(name):
@@ -300,9 +307,8 @@ def write_report(run_dirs: list[Path], out: Path) -> Path:
     figures = "".join(f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{embed(name)}">'
                       f"<figcaption>{esc(caption)}</figcaption></figure>" for name, caption in plots)
     environments = "".join(f"<li>{esc(line)}</li>" for m, _ in runs for line in _environment_lines(m))
-    if per_device:
-        environments += "".join(f"<li>{esc(line)}</li>" for line in per_device)
-    definitions = "".join(f"<li>{esc(d)}</li>" for d in DEFINITIONS)
+    environments += "".join(f"<li>{esc(line)}</li>" for line in per_device + unpaired)
+    definition_items = "".join(f"<li>{esc(d)}</li>" for d in all_definitions)
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>vispec-bench report</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;font-size:13px}}
 th,td{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#f3f3f3}}
@@ -310,6 +316,6 @@ td:nth-child(-n+3){{text-align:left;white-space:nowrap}}figure{{display:inline-b
 figcaption{{font-size:12px;color:#555}}li{{font-size:13px;margin:2px 0}}</style></head><body>
 <h1>vispec-bench report</h1><p>Generated {esc(generated)} from {len(runs)} run(s).</p>{table}
 <h2>Plots</h2>{figures}<h2>Runs and environments</h2><ul>{environments}</ul>
-<h2>Definitions</h2><ul>{definitions}</ul></body></html>"""
+<h2>Definitions</h2><ul>{definition_items}</ul></body></html>"""
     (out / "index.html").write_text(page)
     return out

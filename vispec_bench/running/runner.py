@@ -22,6 +22,7 @@ from vispec_bench.running import environment
 from vispec_bench.engine.acceptance import SamplingConfig
 from vispec_bench.engine.adapter import make_adapter
 from vispec_bench.running.distributed import init_from_environment, rank_device
+from vispec_bench.running.referee import Float32Referee
 from vispec_bench.engine.decode import decode
 from vispec_bench.running.instruments import GpuMonitor, PhaseTimer
 from vispec_bench.plugins.method import SampleContext, make_method, parse_method_args
@@ -34,10 +35,8 @@ from vispec_bench.plugins.suite import make_suite, sample_ids_hash
 
 # Below this top-1/top-2 logit margin, a float32 divergence is a numerical tie between
 # differently shaped matmuls (docs/metrics.md, "Output equivalence"), counted and reported as such.
+# bf16/fp16 divergences are judged by the float32 referee (vispec_bench/running/referee.py).
 NUMERICAL_TIE_MARGIN = 1e-4
-# In bf16/fp16 the logits themselves are rounded to a few ULPs: a divergence whose margin is
-# within this many ULPs of the run's dtype (at the top logit's magnitude) is a dtype near-tie.
-DTYPE_TIE_ULPS = 2
 
 
 def command_line() -> str:
@@ -58,18 +57,18 @@ def _method_list(names: list[str]) -> list[str]:
     return ["ar"] + [n for n in names if n != "ar"]  # AR always runs, first, as the baseline
 
 
-def equivalence(method_ids: list[int], ar_ids: list[int], margin_at) -> dict:
-    """Exact match against AR, and at the first divergence the target's top-1/top-2 margin,
-    absolute and in ULPs of the run's dtype (`margin_at(position)` -> (margin, margin_ulps))."""
+def equivalence(method_ids: list[int], ar_ids: list[int], diagnose=None) -> dict:
+    """Exact match against AR, and at the first divergence what `diagnose(position, ar_token,
+    method_token)` finds there (the target's margin; the referee's verdict in bf16/fp16).
+    Without `diagnose` (temperature > 0, where ids are not expected to match) only the position."""
     if method_ids == ar_ids:
         return {"exact_match": True, "first_divergence": None, "margin": None, "numerical_tie": False}
     first = next((i for i, (a, b) in enumerate(zip(method_ids, ar_ids)) if a != b), min(len(method_ids), len(ar_ids)))
-    margin, margin_ulps = margin_at(first)
-    return {"exact_match": False, "first_divergence": first, "margin": margin, "margin_ulps": margin_ulps,
-            "numerical_tie": margin is not None and margin < NUMERICAL_TIE_MARGIN,
-            "dtype_tie": margin_ulps is not None and margin_ulps <= DTYPE_TIE_ULPS,
-            "method_token": method_ids[first] if first < len(method_ids) else None,
-            "ar_token": ar_ids[first] if first < len(ar_ids) else None}
+    method_token = method_ids[first] if first < len(method_ids) else None
+    ar_token = ar_ids[first] if first < len(ar_ids) else None
+    found = diagnose(first, ar_token, method_token) if diagnose is not None else {"margin": None}
+    return {"exact_match": False, "first_divergence": first, "numerical_tie": False, "dtype_tie": False,
+            **found, "method_token": method_token, "ar_token": ar_token}
 
 
 class Runner:
@@ -95,6 +94,7 @@ class Runner:
         if config.repeats < 1:
             raise InputError(f"--repeats must be >= 1, got {config.repeats}")
         self.monitor = GpuMonitor(self.device)
+        self._referee = None  # the float32 referee, created at the first bf16/fp16 divergence
         self.device_name = environment.device_name(self.device)
         # The target before the config: what it supplies (its default drafts) is part of each
         # method's config hash, so runs with different drafts are never taken as comparable.
@@ -207,8 +207,10 @@ class Runner:
         text = adapter.tokenizer.decode(result.new_ids, skip_special_tokens=True)
         if method.name == "ar" and repeat == 0:
             ar_ids[sample.sample_id] = result.new_ids  # the reference: it matches itself below
-        match = equivalence(result.new_ids, ar_ids[sample.sample_id],
-                            lambda position: self._margin(adapter, prompt, ar_ids[sample.sample_id], position))
+        reference = ar_ids[sample.sample_id]
+        match = equivalence(result.new_ids, reference, None if self.sampling.temperature > 0 else (
+            lambda position, ar_token, method_token: self._diagnose(adapter, prompt, sample, reference, position,
+                                                                    ar_token, method_token)))
         return {
             "sample_id": sample.sample_id,
             "sample_index": index,
@@ -240,13 +242,23 @@ class Runner:
             "extra_scores": self.suite.extra_scores(sample, text),
         }
 
-    @staticmethod
-    def _margin(adapter, prompt, ar_ids: list[int], position: int) -> tuple[float, float]:
-        """Target's top-1 minus top-2 logit after the prompt and AR's first `position` ids (untimed),
-        and the same in ULPs of the model's dtype at the top-1 logit's magnitude."""
-        logits = adapter.teacher_forced_logits(prompt, ar_ids[:position])[position]
+    def _load_float32_adapter(self):
+        loaded = load_model(self.config.model, torch.float32, self.device, seed=self.config.seed)
+        return make_adapter(loaded.model, loaded.processor)
+
+    def _diagnose(self, adapter, prompt, sample, ar_ids: list[int], position: int, ar_token, method_token) -> dict:
+        """At a divergence (untimed): the target's top-1 minus top-2 logit after the prompt and AR's first
+        `position` ids, also in ULPs of the model's dtype at the top-1 logit's magnitude; in bf16/fp16
+        the float32 referee's verdict on it."""
+        logits = adapter.teacher_forced_logits(prompt, ar_ids[:position])[position]  # [V]
         top2 = torch.topk(logits.float(), 2).values
         margin = float(top2[0] - top2[1])
         magnitude = max(abs(float(top2[0])), torch.finfo(adapter.dtype).tiny)
         ulp = torch.finfo(adapter.dtype).eps * 2.0 ** math.floor(math.log2(magnitude))
-        return margin, margin / ulp
+        found = {"margin": margin, "margin_ulps": margin / ulp, "numerical_tie": margin < NUMERICAL_TIE_MARGIN}
+        if adapter.dtype in (torch.bfloat16, torch.float16):
+            if self._referee is None:  # the float32 target is loaded at the first low-precision divergence
+                self._referee = Float32Referee(self._load_float32_adapter)
+            found["referee"] = self._referee.judge(logits, sample, ar_ids[:position], ar_token, method_token)
+            found["dtype_tie"] = found["referee"]["verdict"] == "dtype_tie"
+        return found

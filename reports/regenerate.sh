@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Re-run and regenerate the committed reports (and the CI baseline) on a quiet machine. Each report
+# then keeps its runs: reports/<name>/runs/<run_id>/{manifest.json,records.jsonl.gz}, from which
+# `python -m vispec_bench report reports/<name>/runs --out reports/<name>` re-derives every figure
+# (tests/test_committed_reports.py checks that it does).
+#
+#   reports/regenerate.sh all                 # everything below, in this order
+#   reports/regenerate.sh testbed-cpu         # the testbed report (default run, long run, accuracy run)
+#   reports/regenerate.sh tiny-llava-drafts   # train the tiny-llava drafts, then their runs
+#   reports/regenerate.sh sample-tiny-llava   # needs the drafts of tiny-llava-drafts ($WORK/rd)
+#   reports/regenerate.sh baseline            # reports/baseline.json from 5 repeats of the CI gate runs
+#
+# Runs and drafts go to $WORK (default /tmp/vispec-regenerate). Timings are only meaningful on a
+# machine doing nothing else: run it alone.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORK=${WORK:-/tmp/vispec-regenerate}
+mkdir -p "$WORK"
+CPU=(--dtype float32 --device cpu --no-progress)
+
+fresh() {  # a new set of runs replaces the report's old ones
+  rm -rf "$WORK/$1" "reports/$1/runs"
+  mkdir -p "$WORK/$1"
+}
+
+testbed_cpu() {
+  fresh testbed-cpu
+  # the default benchmark, exactly as the README's first command runs it
+  python -m vispec_bench run --no-progress --out "$WORK/testbed-cpu" --run-id default
+  python -m vispec_bench run --model testbed --methods medusa,eagle2,vispec --prompt-mode long --limit 12 \
+    --max-new-tokens 256 "${CPU[@]}" --out "$WORK/testbed-cpu" --run-id testbed-long-12
+  python -m vispec_bench run --model testbed --methods ar --prompt-mode short --limit 200 --max-new-tokens 8 \
+    "${CPU[@]}" --no-profile --out "$WORK/testbed-cpu" --run-id testbed-short-200
+  python -m vispec_bench report "$WORK/testbed-cpu" --out reports/testbed-cpu
+}
+
+tiny_llava_drafts() {
+  fresh tiny-llava-drafts
+  local rd="$WORK/rd"
+  rm -rf "$rd"
+  python -m vispec_bench gen-data --model tiny-llava --limit 60 --max-new-tokens 48 --dtype float32 --device cpu \
+    --out "$rd/data" --no-progress
+  for method in eagle2 medusa; do
+    python -m vispec_bench train --method $method --model tiny-llava --data "$rd/data" --out "$rd/$method" \
+      --steps 300 --lr 3e-3 --eval-every 50 --device cpu --no-progress
+  done
+  python -m vispec_bench train --method vispec --model tiny-llava --data "$rd/data" --out "$rd/vispec" \
+    --init "$rd/eagle2" --steps 300 --lr 3e-3 --eval-every 50 --device cpu --no-progress
+  local out="$WORK/tiny-llava-drafts"
+  python -m vispec_bench run --model tiny-llava --methods eagle2,medusa \
+    --method-args eagle2.draft="$rd/eagle2" medusa.draft="$rd/medusa" --limit 8 --max-new-tokens 48 "${CPU[@]}" \
+    --out "$out" --run-id trained
+  python -m vispec_bench run --model tiny-llava --methods eagle2,medusa \
+    --method-args eagle2.draft=random medusa.draft=random --limit 8 --max-new-tokens 48 "${CPU[@]}" \
+    --out "$out" --run-id random
+  python -m vispec_bench run --model tiny-llava --methods eagle2,vispec \
+    --method-args eagle2.draft="$rd/eagle2" vispec.draft="$rd/vispec" --limit 8 --max-new-tokens 48 "${CPU[@]}" \
+    --out "$out" --run-id vis
+  python -m vispec_bench report "$out" --out reports/tiny-llava-drafts
+  cp "$rd/eagle2/train_log.jsonl" reports/tiny-llava-drafts/eagle2_train_log.jsonl
+  cp "$rd/medusa/train_log.jsonl" reports/tiny-llava-drafts/medusa_train_log.jsonl
+  cp "$rd/vispec/train_log.jsonl" reports/tiny-llava-drafts/vispec_stage2_train_log.jsonl
+  for run in trained random vis; do cp "$out/$run/summary.json" "reports/tiny-llava-drafts/summary_$run.json"; done
+}
+
+sample_tiny_llava() {
+  local rd="$WORK/rd"
+  [ -d "$rd/vispec" ] || { echo "no drafts in $rd: run '$0 tiny-llava-drafts' first" >&2; exit 1; }
+  fresh sample-tiny-llava
+  for suite in "easyvqa" "vqav2 --fixtures" "mmmu --fixtures"; do
+    # shellcheck disable=SC2086  # "$suite" carries its --fixtures flag
+    python -m vispec_bench run --model tiny-llava --methods eagle2,medusa,vispec \
+      --method-args eagle2.draft="$rd/eagle2" medusa.draft="$rd/medusa" vispec.draft="$rd/vispec" \
+      --suite $suite --limit 4 --max-new-tokens 48 --repeats 2 "${CPU[@]}" --out "$WORK/sample-tiny-llava"
+  done
+  python -m vispec_bench report "$WORK/sample-tiny-llava" --out reports/sample-tiny-llava
+}
+
+baseline() {
+  # The two gate runs of .ci/run with 5 repeats (a baseline measures its noise from >= 5).
+  rm -rf "$WORK/ci"
+  python -m vispec_bench run --model tiny-qwen25vl --methods oracle --suite easyvqa --limit 4 --max-new-tokens 32 \
+    "${CPU[@]}" --repeats 5 --out "$WORK/ci" --run-id smoke
+  python -m vispec_bench run --model testbed --methods medusa,eagle2,vispec --suite easyvqa --prompt-mode long \
+    --limit 3 --max-new-tokens 64 "${CPU[@]}" --repeats 5 --out "$WORK/ci" --run-id testbed-gate
+  rm -f reports/baseline.json
+  python -m vispec_bench check "$WORK/ci/smoke" --baseline reports/baseline.json --write-baseline
+  python -m vispec_bench check "$WORK/ci/testbed-gate" --baseline reports/baseline.json --write-baseline
+}
+
+case "${1:-all}" in
+  testbed-cpu) testbed_cpu ;;
+  tiny-llava-drafts) tiny_llava_drafts ;;
+  sample-tiny-llava) sample_tiny_llava ;;
+  baseline) baseline ;;
+  all) testbed_cpu; tiny_llava_drafts; sample_tiny_llava; baseline ;;
+  *) echo "usage: $0 [all|testbed-cpu|tiny-llava-drafts|sample-tiny-llava|baseline]" >&2; exit 2 ;;
+esac
