@@ -66,8 +66,11 @@ class DraftMethod(Method):
 
     ignored_checkpoint_keys: tuple[str, ...] = ()  # keys a checkpoint may carry that the draft does not use
     compatible_checkpoints: tuple[str, ...] = ()
+    shipped_draft_of: str = ""  # whose draft a model that ships drafts supplies (default: this method's own name)
 
-    def build_draft(self, adapter):
+    def build_draft(self, adapter, checkpoint=None):
+        """The draft network, shaped for `checkpoint` (a DraftCheckpoint to load next, or None: a
+        fresh draft for the target). Published layouts may dictate shapes their config.json gives."""
         raise NotImplementedError
 
     def randomize(self, draft) -> None:
@@ -80,20 +83,31 @@ class DraftMethod(Method):
         """The draft the options ask for, on the target's device and dtype, in eval mode."""
         from vispec_bench.drafts.checkpoints import check_target, load_draft
 
-        source = self.options.draft or getattr(adapter.model, "vispec_default_drafts", {}).get(self.name, "")
+        shipped = getattr(adapter.model, "vispec_default_drafts", {})
+        source = self.options.draft or shipped.get(self.name) or shipped.get(self.shipped_draft_of, "")
         if not source:
             raise ValueError(f"{self.name} needs a draft: --method-args {self.name}.draft=CHECKPOINT_DIR "
                              f"(see `python -m vispec_bench train`) or {self.name}.draft=random for a smoke test")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.options.seed)
-            draft = self.build_draft(adapter)
-            if source == "random":
-                self.randomize(draft)
+        checkpoint = None
         if source != "random":
             checkpoint = load_draft(source)
             check_target(checkpoint, adapter, self.name, self.compatible_checkpoints)
+            if checkpoint.layout == "published":
+                self.check_published(checkpoint, adapter, f"{self.name} draft {source} ({checkpoint.file})")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.options.seed)
+            draft = self.build_draft(adapter, checkpoint)
+            if source == "random":
+                self.randomize(draft)
+        if checkpoint is not None:
             self.load_checkpoint(draft, checkpoint, source=source)
         return draft.to(device=adapter.device, dtype=adapter.dtype).eval()
+
+    def check_published(self, checkpoint, adapter, what: str) -> None:
+        """A published draft (no target description): hidden size and vocabulary against the target."""
+        from vispec_bench.drafts.checkpoints import check_published
+
+        check_published(checkpoint, adapter, what)
 
     def load_checkpoint(self, draft, checkpoint, source: str) -> None:
         from vispec_bench.drafts.checkpoints import load_matching

@@ -112,7 +112,7 @@ METHODS.register("ar", "methods.ar:AR", "plain autoregressive decoding: the base
 METHODS.register("oracle", "methods.oracle:Oracle",
                  "diagnostic: proposes AR's own continuation, the engine's ceiling for a tree depth")
 METHODS.register("eagle2", "methods.eagle2:Eagle2",
-                 "EAGLE-2: one-layer feature draft + dynamic tree (depth 3, top_k 8, 30 nodes by default)")
+                 "EAGLE-2: one-layer feature draft + dynamic tree (depth/top_k/total_token as in EAGLE's code)")
 METHODS.register("vispec", "methods.vispec:ViSpec",
                  "ViSpec: EAGLE-2 draft + vision adaptor (compressed image tokens) + global visual feature")
 METHODS.register("vispec-noadaptor", "methods.vispec:ViSpecNoAdaptor",
@@ -120,6 +120,8 @@ METHODS.register("vispec-noadaptor", "methods.vispec:ViSpecNoAdaptor",
 METHODS.register("vispec-noglobal", "methods.vispec:ViSpecNoGlobal",
                  "ViSpec ablation: adaptor splice on, no global feature")
 METHODS.register("medusa", "methods.medusa:Medusa", "Medusa: K ResBlock heads on the last hidden state, fixed tree")
+METHODS.register("medusa-dynamic", "methods.medusa_dynamic:MedusaDynamic",
+                 "Medusa heads + shared lm_head + EAGLE-2's dynamic tree (the ViSpec paper's Medusa baseline)")
 SUITES.register("easyvqa", "suites.easyvqa:EasyVQA", "easy-VQA test split (real 64x64 shapes, 13 answers)",
                 aliases=("easy-vqa",))
 SUITES.register("mmmu", "suites.mmmu:MMMU", "MMMU validation (30 subjects, up to 7 images), lmms-eval mmmu_val")
