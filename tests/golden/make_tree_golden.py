@@ -67,7 +67,10 @@ def reference_config(cnets, config: dict) -> types.SimpleNamespace:
 
     defaults = {name: p.default for name, p in inspect.signature(cnets.EConfig.__init__).parameters.items()
                 if p.default is not inspect.Parameter.empty}
-    return types.SimpleNamespace(**{**defaults, **config})
+    merged = {**defaults, **config}
+    if merged.get("num_key_value_heads") is None:  # EConfig's own backward-compatibility rule
+        merged["num_key_value_heads"] = merged["num_attention_heads"]
+    return types.SimpleNamespace(**merged)
 
 
 def parents_from_mask(tree_mask: torch.Tensor) -> list[int]:
