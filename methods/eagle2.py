@@ -6,11 +6,13 @@ the next token — through fc = Linear(2H -> H) over cat(e, h), then one decoder
 target's own family (HF's module; its input norm removed, as in the reference), and predicts
 h_{i+1}; the target's frozen lm_head turns that into a distribution over x_{i+2}.
 
-Dynamic tree (EAGLE-2 section 4): the root's top_k children form level 1; each later level
-expands the top_k nodes of the previous one by cumulative log-probability (top_k children
-each); finally the total_token best nodes of every level are kept (a child's score never
-exceeds its parent's, so the set is closed under ancestors). The draft's KV cache holds the
-committed pairs across rounds; tree nodes are appended while drafting and cropped after.
+Dynamic tree (EAGLE-2 section 4; vispec_bench.drafts.dynamic_tree): the root's top_k children
+form level 1; each of the depth further levels expands the top_k nodes of the previous one by
+cumulative log-probability (top_k children each); finally the total_token - 1 best nodes of
+all levels are kept. depth / top_k / total_token mean what they mean in the reference's
+`topK_genrate` (total_token counts the root): "3 / 8 / 30" is 29 draft nodes over up to 4
+levels. The draft's KV cache holds the committed pairs across rounds; tree nodes are appended
+while drafting and cropped after.
 
 Training (EAGLE-1 section 3.3): teacher forcing on target features with uniform noise;
 loss = 1.0 * SmoothL1(predicted feature, h_{i+1}) + 0.1 * soft cross-entropy against the
@@ -32,59 +34,29 @@ from vispec_bench.plugins.method import DraftMethod, DraftOptions
 from vispec_bench.drafts.tree_settings import TreeSettings
 from vispec_bench.engine.proposer import Proposer
 from vispec_bench.engine.draft_tree import DraftTree
-
-# Draft layer families: the target's text model_type -> (module, config class, layer class, rotary class).
-DRAFT_FAMILIES = {
-    "llama": ("transformers.models.llama.modeling_llama", "LlamaConfig", "LlamaDecoderLayer", "LlamaRotaryEmbedding"),
-    "qwen2": ("transformers.models.qwen2.modeling_qwen2", "Qwen2Config", "Qwen2DecoderLayer", "Qwen2RotaryEmbedding"),
-}
-FAMILY_OF_MODEL_TYPE = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen2_5_vl_text": "qwen2",
-                        "qwen2_5_vl": "qwen2"}
+from vispec_bench.drafts.dynamic_tree import DynamicTree
+from vispec_bench.drafts.draft_layer import draft_layer_config
 
 
-def _rope_parameters(text_config) -> dict:
-    params = dict(getattr(text_config, "rope_parameters", None) or {})
-    theta = params.get("rope_theta", getattr(text_config, "rope_theta", 10000.0))
-    if params.get("rope_type", "default") != "default" and "mrope_section" not in params:
-        return params  # e.g. llama3 scaling: the draft uses the target's rope
-    # Qwen2.5-VL's 3-D mrope collapses to 1-D rope when all three position ids are equal; the
-    # draft uses 1-D positions over token indices, as the ViSpec reference does.
-    return {"rope_type": "default", "rope_theta": theta}
-
-
-def draft_layer_config(text_config):
-    import importlib
-
-    model_type = getattr(text_config, "model_type", "")
-    family = FAMILY_OF_MODEL_TYPE.get(model_type)
-    if family is None:
-        raise InputError(f"no EAGLE draft layer for target model_type {model_type!r}; "
-                         f"supported: {', '.join(sorted(FAMILY_OF_MODEL_TYPE))}")
-    module_name, config_name, layer_name, rotary_name = DRAFT_FAMILIES[family]
-    module = importlib.import_module(module_name)
-    config_class = getattr(importlib.import_module(f"transformers.models.{family}.configuration_{family}"), config_name)
-    config = config_class(
-        hidden_size=text_config.hidden_size, intermediate_size=text_config.intermediate_size,
-        num_attention_heads=text_config.num_attention_heads,
-        num_key_value_heads=getattr(text_config, "num_key_value_heads", text_config.num_attention_heads),
-        head_dim=getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads,
-        rms_norm_eps=text_config.rms_norm_eps, hidden_act=getattr(text_config, "hidden_act", "silu"),
-        max_position_embeddings=text_config.max_position_embeddings, vocab_size=text_config.vocab_size,
-        num_hidden_layers=1, rope_parameters=_rope_parameters(text_config),
-        attention_bias=getattr(text_config, "attention_bias", family == "qwen2"))
-    config._attn_implementation = "sdpa"
-    return config, getattr(module, layer_name), getattr(module, rotary_name)
+def published_config(checkpoint) -> dict | None:
+    """A published checkpoint's config.json ({} if it has none), None for our own layout or none."""
+    if checkpoint is None or checkpoint.layout != "published":
+        return None
+    return checkpoint.config.get("published_config") or {}
 
 
 class EagleDraft(nn.Module):
-    """fc(cat(e, h)) -> one decoder layer. Parameter names match the published EAGLE layout."""
+    """fc(cat(e, h)) -> one decoder layer. Parameter names match the published EAGLE layout.
 
-    def __init__(self, text_config):
+    `published`: a published draft's config.json, whose layer shapes and `bias` (fc has a bias
+    unless `"bias": false`, e.g. the EAGLE-LLaMA3 drafts) the draft takes; None for our own."""
+
+    def __init__(self, text_config, published: dict | None = None):
         super().__init__()
-        config, layer_class, rotary_class = draft_layer_config(text_config)
+        config, layer_class, rotary_class = draft_layer_config(text_config, published)
         hidden = config.hidden_size
         self.config = config
-        self.fc = nn.Linear(2 * hidden, hidden, bias=True)
+        self.fc = nn.Linear(2 * hidden, hidden, bias=bool((published or {}).get("bias", True)))
         self.layers = nn.ModuleList([layer_class(config, layer_idx=0)])
         self.layers[0].input_layernorm = nn.Identity()  # EAGLE: the fc output enters attention un-normed
         self.rotary_emb = rotary_class(config=config)
@@ -114,11 +86,12 @@ def causal_visible(num_new: int, num_past: int, device) -> torch.Tensor:
 
 @dataclass
 class Eagle2Options(DraftOptions):  # draft: ours or the EAGLE authors' layout
-    # Tree (vispec_bench.drafts.tree_settings): 0 = the device's default (cuda 5/8/60, cpu 5/4/10);
-    # total_token=-1 sizes the tree from forward costs measured at start-up. Papers: VLM 3/8/30, LLM 5/10/60.
-    depth: int = 0  # tree levels
+    # Tree, in the reference's convention (vispec_bench.drafts.tree_settings): 0 = the device's default
+    # (cuda 4/8/61, cpu 4/4/11); total_token=-1 sizes the tree from forward costs measured at start-up.
+    # Papers: VLM 3/8/30, LLM 5/10/60.
+    depth: int = 0  # levels expanded after the root's children: up to depth + 1 levels of draft tokens
     top_k: int = 0  # children per expanded node and nodes expanded per level
-    total_token: int = 0  # draft nodes verified per round, root excluded
+    total_token: int = 0  # verify-input size, root included: total_token - 1 draft nodes per round
     noise: float = 0.2  # training: uniform feature noise width, (U - 0.5) * noise
     mtp_steps: int = 0  # training: extra passes that feed the draft its own predicted features
 
@@ -175,57 +148,36 @@ class Eagle2Proposer(Proposer):
         out = self._run(features, token_embeds, positions, causal_visible(len(positions), committed, self.device))
         self.next_position = int(positions[-1]) + 1
         committed = self.cache.get_seq_length()
-        max_depth = min(self.tree.depth, budget - 1)
-        if max_depth < 1:
+        levels = min(self.tree.levels, budget - 1)  # depth + 1 levels (reference convention)
+        if levels < 1:
             return None
         try:
-            return self._grow_tree(out[-1], committed, max_depth)
+            return self._grow_tree(out[-1], committed, levels)
         finally:
             appended = self.cache.get_seq_length() - committed
             if appended:
                 self.cache.crop(-appended)
 
-    def _grow_tree(self, root_feature, committed: int, max_depth: int) -> DraftTree:
+    def _grow_tree(self, root_feature, committed: int, levels: int) -> DraftTree:
         k = self.tree.top_k
-        top_values, top_tokens = self._top(root_feature, k)
-        tokens, parents, scores = top_tokens.tolist(), [0] * k, top_values.tolist()
-        ancestors = [set() for _ in range(k + 1)]  # node ids (>= 1) above each node; the root is committed
-        frontier = list(range(1, k + 1))
+        tree = DynamicTree(k)
+        frontier = tree.add_root_children(*self._top(root_feature, k))
         frontier_features = root_feature.expand(k, -1)  # a node's input feature = its parent's draft output
         appended: list[int] = []  # node ids in the draft cache after the committed pairs, in order
-        for level in range(2, max_depth + 1):
+        for level in range(2, levels + 1):
             visible = torch.zeros(len(frontier), committed + len(appended) + len(frontier), dtype=torch.bool)
             visible[:, :committed] = True
             for row, node in enumerate(frontier):
                 for col, other in enumerate(appended):
-                    visible[row, committed + col] = other in ancestors[node]
+                    visible[row, committed + col] = other in tree.ancestors[node]
                 visible[row, committed + len(appended) + row] = True
-            frontier_tokens = torch.tensor([tokens[n - 1] for n in frontier], device=self.device)
+            frontier_tokens = torch.tensor([tree.tokens[n - 1] for n in frontier], device=self.device)
             positions = torch.full((len(frontier),), self.next_position + level - 2, device=self.device)
             out = self._run(frontier_features, self.embed(frontier_tokens), positions, visible.to(self.device))
             appended += frontier
-            top_values, top_tokens = self._top(out, k)  # [f, k]
-            cumulative = torch.tensor([scores[n - 1] for n in frontier], device=self.device)[:, None] + top_values
-            first_child = len(tokens) + 1
-            for row, node in enumerate(frontier):
-                for token in top_tokens[row].tolist():
-                    tokens.append(token)
-                    parents.append(node)
-                    ancestors.append(ancestors[node] | {node})
-            scores += cumulative.flatten().tolist()
-            best = cumulative.flatten().topk(min(k, cumulative.numel())).indices
-            frontier = [first_child + int(i) for i in best]
-            frontier_features = out[best // k]
-        return self._select(tokens, parents, scores, ancestors)
-
-    def _select(self, tokens, parents, scores, ancestors) -> DraftTree:
-        order = sorted(range(1, len(tokens) + 1), key=lambda n: -scores[n - 1])
-        chosen = set(order[: self.tree.total_token])
-        for node in list(chosen):
-            chosen |= ancestors[node]  # only on score ties: keeps the tree connected
-        kept = sorted(chosen)  # creation order: parents before children
-        index = {0: 0, **{node: i for i, node in enumerate(kept, start=1)}}
-        return DraftTree(torch.tensor([tokens[n - 1] for n in kept]), [index[parents[n - 1]] for n in kept])
+            frontier, rows = tree.add_level(frontier, *self._top(out, k))
+            frontier_features = out[rows]
+        return tree.select(self.tree.draft_nodes)
 
 
 class Eagle2(DraftMethod, DraftTraining):
@@ -235,14 +187,21 @@ class Eagle2(DraftMethod, DraftTraining):
     proposer_class = Eagle2Proposer
     ignored_checkpoint_keys = ("embed_tokens.",)  # published drafts may carry a copy
 
-    def build_draft(self, adapter) -> nn.Module:
-        return self.draft_class(adapter.text_config)
+    def build_draft(self, adapter, checkpoint=None) -> nn.Module:
+        return self.draft_class(adapter.text_config, published_config(checkpoint))
+
+    def check_published(self, checkpoint, adapter, what: str) -> None:
+        from vispec_bench.drafts.checkpoints import check_published
+
+        fc = checkpoint.state_dict.get("fc.weight")  # [H, 2H]
+        check_published(checkpoint, adapter, what, hidden_size=None if fc is None else fc.shape[0])
 
     def prepare(self, adapter):
         opts = self.options
         if opts.depth < 0 or opts.top_k < 0 or opts.total_token < -1:
             raise InputError(f"{self.name}: depth and top_k must be >= 1 (0 = device default) and total_token "
-                             f">= 1 (0 = device default, -1 = auto); got {opts.depth}, {opts.top_k}, {opts.total_token}")
+                             f">= 2, counting the root (0 = device default, -1 = auto); "
+                             f"got {opts.depth}, {opts.top_k}, {opts.total_token}")
         self.draft = self.load_draft_network(adapter)
         self.draft_head = head_weight(adapter.lm_head.weight, token_map_of(self.draft))
         self.tree, self.tree_choice = tree_settings.resolve(opts.depth, opts.top_k, opts.total_token, adapter.device,

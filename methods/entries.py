@@ -12,7 +12,7 @@ ENTRIES = [
     Entry("oracle", "methods.oracle:Oracle",
           "diagnostic: proposes AR's own continuation, the engine's ceiling for a tree depth"),
     Entry("eagle2", "methods.eagle2:Eagle2",
-          "EAGLE-2: one-layer feature draft + dynamic tree (depth, top_k, nodes: per-device defaults)"),
+          "EAGLE-2: one-layer feature draft + dynamic tree (depth/top_k/total_token as in EAGLE's code)"),
     Entry("vispec", "methods.vispec:ViSpec",
           "ViSpec: EAGLE-2 draft + vision adaptor (compressed image tokens) + global visual feature"),
     # Ablations: the same class with options preset; `run --ablations` adds them to the method they ablate.
@@ -22,4 +22,6 @@ ENTRIES = [
     Entry("vispec-noglobal", "methods.vispec:ViSpec", "ViSpec ablation: adaptor splice on, no global feature",
           preset={"global_feature": False}, ablation_of="vispec"),
     Entry("medusa", "methods.medusa:Medusa", "Medusa: K ResBlock heads on the last hidden state, fixed tree"),
+    Entry("medusa-dynamic", "methods.medusa_dynamic:MedusaDynamic",
+          "Medusa heads + shared lm_head + EAGLE-2's dynamic tree (the ViSpec paper's Medusa baseline)"),
 ]

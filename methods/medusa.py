@@ -12,6 +12,16 @@ is a path of ranks (r_1, ..., r_d); its token is head (d-1)'s r_d-th choice. The
 is built best-first under a prior on head accuracy (63 nodes by default); a JSON list of rank
 paths can be given instead.
 
+Published heads load as they are (vispec_bench.drafts.checkpoints.medusa_published_state):
+`medusa_lm_head.pt` (each head with its own vocabulary projection), the ResBlock-only
+`medusa_lm_head.safetensors` and the ViSpec repo's Medusa baseline (shared lm_head); the file
+decides the number of heads and whether the lm_head is shared. `medusa-dynamic`
+(methods/medusa_dynamic.py) is the same heads with EAGLE-2's dynamic tree.
+
+Training loss: head k (0-based) is weighted by 0.8^k, as in the Medusa paper (section 2.2,
+lambda_k = 0.8^k); the authors' training scripts (FasterDecoding/Medusa, train_legacy.py) sum the
+heads' cross-entropies unweighted. We follow the paper.
+
 Acceptance: the engine's lossless rule by default (greedy or rejection sampling). Typical
 acceptance (section 2.3.1) is available as `typical=true`; it is LOSSY — the output is no longer
 distributed as the target's — and every record and report says so.
@@ -30,6 +40,7 @@ from torch import nn
 
 from vispec_bench.errors import InputError
 from vispec_bench.drafts import tree_settings
+from vispec_bench.drafts.checkpoints import check_published, load_matching, medusa_published_state
 from vispec_bench.engine.acceptance import accept_typical
 from vispec_bench.drafts.vocab import head_weight, to_draft, to_vocab, token_map_of
 from vispec_bench.plugins.draft_training import DraftTraining
@@ -143,7 +154,7 @@ class Medusa(DraftMethod, DraftTraining):
         return not self.options.typical
 
     def tree_paths(self) -> list[tuple[int, ...]]:
-        opts = self.options
+        opts = dataclasses.replace(self.options, num_heads=len(self.heads.blocks))  # a published file decides
         if opts.tree:
             with open(opts.tree) as handle:
                 paths = sorted((tuple(p) for p in json.load(handle)), key=lambda p: (len(p), p))
@@ -154,9 +165,25 @@ class Medusa(DraftMethod, DraftTraining):
             return paths
         return default_tree(opts.num_heads, opts.tree_nodes, opts.tree_top_k)
 
-    def build_draft(self, adapter) -> MedusaHeads:
-        return MedusaHeads(adapter.hidden_size, adapter.vocab_size, self.options.num_heads,
-                           self.options.share_lm_head, adapter.lm_head)
+    def build_draft(self, adapter, checkpoint=None) -> MedusaHeads:
+        num_heads, share = self.options.num_heads, self.options.share_lm_head
+        if checkpoint is not None and checkpoint.layout == "published":
+            _, num_heads, share = medusa_published_state(checkpoint, f"medusa draft ({checkpoint.file})")
+        return MedusaHeads(adapter.hidden_size, adapter.vocab_size, num_heads, share, adapter.lm_head)
+
+    def check_published(self, checkpoint, adapter, what: str) -> None:
+        state, _, share = medusa_published_state(checkpoint, what)
+        # Shared lm_head: the heads project through the target's own vocabulary, which is all a
+        # ResBlock-only file can be checked against (plus config.json's vocab_size when it has one).
+        vocab = adapter.vocab_size if share else state["projections.0.weight"].shape[0]
+        check_published(checkpoint, adapter, what, hidden_size=state["blocks.0.linear.weight"].shape[0],
+                        vocab_size=vocab)
+
+    def load_checkpoint(self, draft, checkpoint, source: str) -> None:
+        if checkpoint.layout != "published":
+            return super().load_checkpoint(draft, checkpoint, source)
+        state, _, _ = medusa_published_state(checkpoint, source)
+        load_matching(draft, state, f"{self.name} checkpoint {source} ({checkpoint.file})")
 
     def randomize(self, heads) -> None:
         for block in heads.blocks:  # zero-init heads would all copy the lm_head: perturb them
@@ -180,7 +207,7 @@ class Medusa(DraftMethod, DraftTraining):
                 heads_s = tree_settings.median_seconds(lambda: self.heads(hidden, self.draft_head).topk(opts.tree_top_k),
                                                      adapter.device, repeats=5)
             costs = tree_settings.verify_costs(adapter)
-            nodes, rates = tree_settings.choose_total_token(costs, heads_s, depth=1)
+            nodes, rates = tree_settings.choose_total_token(costs, heads_s, draft_forwards=1)
             how.update(choice="auto", verify_costs_ms={n: round(1000 * c, 3) for n, c in costs.items()},
                        heads_ms=round(1000 * heads_s, 3), expected_tokens_per_s={n: round(r, 2) for n, r in rates.items()})
             self.options = dataclasses.replace(opts, tree_nodes=nodes)
@@ -193,7 +220,7 @@ class Medusa(DraftMethod, DraftTraining):
             how["choice"] = "given"
         paths = self.tree_paths()
         self.options = opts  # the options (and the run's config hash) stay as the user gave them
-        return paths, {**how, "tree_nodes": len(paths), "num_heads": opts.num_heads}
+        return paths, {**how, "tree_nodes": len(paths), "num_heads": len(self.heads.blocks), "convention": "reference"}
 
     def runtime_settings(self) -> dict:
         return self.tree_choice
@@ -236,7 +263,8 @@ class MedusaTrainer:
             if int((labels >= 0).sum()) == 0:  # nothing to learn, or every label outside the token map
                 continue
             head_loss = nn.functional.cross_entropy(logits.float(), labels, ignore_index=-1)
-            # The reference weights head i by 0.8^i: near heads matter most for acceptance.
+            # The Medusa paper weights head k by 0.8^k (the authors' scripts sum unweighted): near
+            # heads matter most for acceptance.
             total = total + 0.8 ** head * head_loss
             logs[f"loss_head{head}"] = float(head_loss.detach())
         return total, logs

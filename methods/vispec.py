@@ -42,7 +42,7 @@ from torch import nn
 from vispec_bench.errors import InputError
 from vispec_bench.drafts.checkpoints import DraftCheckpointError, load_matching
 from vispec_bench.drafts.vocab import BUFFER, set_token_map
-from methods.eagle2 import Eagle2, Eagle2Options, Eagle2Proposer, EagleDraft, EagleTrainer
+from methods.eagle2 import Eagle2, Eagle2Options, Eagle2Proposer, EagleDraft, EagleTrainer, published_config
 
 
 class VisionAdaptor(nn.Module):
@@ -71,8 +71,8 @@ class VisionAdaptor(nn.Module):
 
 
 class ViSpecDraft(EagleDraft):
-    def __init__(self, text_config, num_q: int):
-        super().__init__(text_config)
+    def __init__(self, text_config, num_q: int, published: dict | None = None):
+        super().__init__(text_config, published)
         hidden = self.config.hidden_size
         self.img_fc = nn.Linear(2 * hidden, hidden)
         with torch.no_grad():  # [I | 0]: fusion starts as the identity on h
@@ -197,11 +197,11 @@ class ViSpec(Eagle2):
     # of the same kind, "vispec", and so load these drafts.
     compatible_checkpoints = ("eagle2",)
 
-    def build_draft(self, adapter) -> ViSpecDraft:
+    def build_draft(self, adapter, checkpoint=None) -> ViSpecDraft:
         if self.options.num_q < 2:
             raise InputError(f"vispec.num_q must be >= 2 (num_q - 1 compressed tokens + 1 global), "
                              f"got {self.options.num_q}")
-        return ViSpecDraft(adapter.text_config, self.options.num_q)
+        return ViSpecDraft(adapter.text_config, self.options.num_q, published_config(checkpoint))
 
     def load_checkpoint(self, draft, checkpoint, source: str) -> None:
         state = map_published_keys(checkpoint.state_dict)

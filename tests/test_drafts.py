@@ -48,7 +48,8 @@ def test_drafts_reproduce_ar_on_a_two_image_prompt(method):
 
 def test_eagle2_tree_respects_depth_top_k_and_total_token():
     _, adapter = tiny_by_name("tiny-llava")
-    built = prepared("eagle2", adapter, draft="random", depth=4, top_k=3, total_token=10)
+    # Reference convention: depth 3 = up to 4 levels; total_token 11 counts the root = 10 draft nodes.
+    built = prepared("eagle2", adapter, draft="random", depth=3, top_k=3, total_token=11)
     sample = easyvqa_samples()[0]
     prompt = adapter.build_prompt(sample.messages, sample.images)
     prefill = adapter.prefill(prompt)
@@ -73,10 +74,10 @@ def test_eagle2_draft_cache_across_rounds_equals_recomputing_from_scratch():
     blocks, roots = [], []
     grow = proposer._grow_tree
 
-    def recording_grow(root_feature, committed, max_depth):
+    def recording_grow(root_feature, committed, levels):
         blocks.append(proposer.pending)  # the committed pairs this round started with
         roots.append(root_feature.clone())
-        return grow(root_feature, committed, max_depth)
+        return grow(root_feature, committed, levels)
 
     proposer._grow_tree = recording_grow
     result = decode(adapter, prompt, proposer, 25, GREEDY)

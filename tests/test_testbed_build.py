@@ -44,6 +44,17 @@ def test_tree_settings_per_device_and_auto_choice():
     linear = {n + 1: 0.010 * (n + 1) for n in (0, *tree_settings.CANDIDATE_SIZES)}
     assert tree_settings.choose_total_token(flat, 0.001, 5)[0] == max(tree_settings.CANDIDATE_SIZES)
     assert tree_settings.choose_total_token(linear, 0.001, 5)[0] == min(tree_settings.CANDIDATE_SIZES)
+    # Reference convention: the defaults are the trees used before it (cpu: 5 levels, 10 draft nodes;
+    # cuda: 5 levels, 60 draft nodes), and the records say which convention they use.
+    cpu, cuda = tree_settings.DEVICE_DEFAULTS["cpu"], tree_settings.DEVICE_DEFAULTS["cuda"]
+    assert (cpu.levels, cpu.top_k, cpu.draft_nodes) == (5, 4, 10)
+    assert (cuda.levels, cuda.top_k, cuda.draft_nodes) == (5, 8, 60)
+    assert tree_settings.resolve(3, 8, 30, "cpu")[1]["convention"] == "reference"
+    with pytest.raises(ValueError, match="counts the root"):
+        tree_settings.resolve(3, 8, 1, "cpu")
+    # Auto sizing picks a number of draft nodes; total_token counts the root on top of it.
+    settings, how = tree_settings.resolve(0, 0, -1, "cpu", measure=lambda: (linear, 0.001))
+    assert settings.total_token == min(tree_settings.CANDIDATE_SIZES) + 1
 
 
 def test_auto_tree_size_is_measured_and_recorded(tmp_path):
@@ -55,7 +66,7 @@ def test_auto_tree_size_is_measured_and_recorded(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "a" / "records.jsonl").read_text().splitlines()]
     by_method = {r["method"]: r for r in records}
     eagle = by_method["eagle2"]["tree_settings"]
-    assert eagle["choice"] == "auto" and eagle["total_token"] in tree_settings.CANDIDATE_SIZES
+    assert eagle["choice"] == "auto" and eagle["total_token"] - 1 in tree_settings.CANDIDATE_SIZES
     assert set(eagle["verify_costs_ms"]) >= {str(n + 1) for n in tree_settings.CANDIDATE_SIZES}
     assert by_method["medusa"]["tree_settings"]["choice"] == "auto"
     assert all(r["equivalence"]["exact_match"] for r in records)

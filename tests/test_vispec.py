@@ -183,7 +183,9 @@ def test_published_vispec_layout_loads_with_key_mapping(tmp_path):
             "imadpt.v_proj.weight", "imadpt.o_proj.weight", "layers.0.self_attn.q_proj.weight"} <= set(state)
     state["imadpt.query"] = state.pop("imadpt.q")  # an export that names the queries differently
     torch.save(state, tmp_path / "pytorch_model.bin")
-    (tmp_path / "config.json").write_text("{}")
+    # A published draft's config.json states its hidden size and vocabulary (checked against the target).
+    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": adapter.hidden_size,
+                                                      "vocab_size": adapter.vocab_size}))
     published = prepared("vispec", adapter, draft=tmp_path)
     samples = easyvqa_samples(limit=2)
     assert [r.accepted_lengths for r in decode_all(adapter, ours, samples)] == \

@@ -1,13 +1,20 @@
 """Draft checkpoints: `draft.safetensors` + `draft_config.json` naming the method and its target.
 
-Loading also accepts the layouts the EAGLE and ViSpec authors publish (a directory with
-`config.json` and `pytorch_model.bin` or `model.safetensors`, keys fc.*, layers.0.*, ...):
-those carry no target description, so only the tensor shapes can be checked.
+Loading also accepts the layouts the authors publish (a directory, or a hub id in the local
+Hugging Face cache; see vispec_bench.drafts.published):
+- EAGLE / EAGLE-2 and the ViSpec repo's baselines: `config.json` + `pytorch_model.bin` or
+  `model.safetensors` (keys fc.*, layers.0.*, optionally embed_tokens.weight; the ViSpec repo's
+  Medusa baseline: medusa_head.{i}.0.linear.*);
+- Medusa: `medusa_lm_head.pt` (keys {i}.0.linear.*, {i}.1.weight: a vocabulary projection per
+  head) or `medusa_lm_head.safetensors` (ResBlocks only: the heads share the target's lm_head).
+These carry no target description; `check_published` checks hidden size and vocabulary from
+their config.json and tensor shapes instead, and refuses full-model checkpoints.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +34,7 @@ class DraftCheckpoint:
     state_dict: dict[str, torch.Tensor]
     config: dict  # {"method", "options", "target": {...}, "training": {...}}; {} for foreign layouts
     layout: str  # "vispec-bench" or "published"
+    file: str = ""  # the weights file it was read from
 
 
 def target_signature(adapter) -> dict:
@@ -49,30 +57,31 @@ def save_draft(directory: Path, state_dict: dict[str, torch.Tensor], config: dic
     (directory / (CONFIG + ".tmp")).replace(directory / CONFIG)
 
 
+PUBLISHED_FILES = ("model.safetensors", "pytorch_model.bin", "medusa_lm_head.safetensors", "medusa_lm_head.pt")
+
+
 def load_draft(path: str | Path) -> DraftCheckpoint:
     from safetensors.torch import load_file
 
-    path = Path(path)
+    from vispec_bench.drafts.published import read_published_config, resolve_draft_source
+
+    path = resolve_draft_source(path)
     if not path.exists():
         raise DraftCheckpointError(f"draft checkpoint {str(path)!r} does not exist (train one with "
                                    "`python -m vispec_bench train`, or pass draft=random for a smoke test)")
     if path.is_file():
         path = path.parent
     if (path / WEIGHTS).exists():
-        return DraftCheckpoint(load_file(str(path / WEIGHTS)), json.loads((path / CONFIG).read_text()), "vispec-bench")
-    if (path / "model.safetensors").exists():
-        return DraftCheckpoint(load_file(str(path / "model.safetensors")), _published_config(path), "published")
-    if (path / "pytorch_model.bin").exists():
-        state = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
-        return DraftCheckpoint(state, _published_config(path), "published")
+        return DraftCheckpoint(load_file(str(path / WEIGHTS)), json.loads((path / CONFIG).read_text()), "vispec-bench",
+                               WEIGHTS)
+    for name in PUBLISHED_FILES:
+        if (path / name).exists():
+            state = (load_file(str(path / name)) if name.endswith(".safetensors")
+                     else torch.load(path / name, map_location="cpu", weights_only=True))
+            return DraftCheckpoint(state, {"published_config": read_published_config(path)}, "published", name)
     found = ", ".join(sorted(p.name for p in path.iterdir())[:10]) or "nothing"
-    raise DraftCheckpointError(f"{path} holds no draft weights: expected {WEIGHTS}, model.safetensors or "
-                               f"pytorch_model.bin; found {found}")
-
-
-def _published_config(path: Path) -> dict:
-    config_path = path / "config.json"
-    return {"published_config": json.loads(config_path.read_text())} if config_path.exists() else {}
+    raise DraftCheckpointError(f"{path} holds no draft weights: expected {WEIGHTS} or one of {', '.join(PUBLISHED_FILES)}"
+                               f"; found {found}")
 
 
 def check_target(checkpoint: DraftCheckpoint, adapter, method: str, compatible: tuple[str, ...] = ()) -> None:
@@ -110,3 +119,72 @@ def load_matching(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], 
             parts.append("shape mismatch " + "; ".join(shapes[:4]))
         raise DraftCheckpointError(f"{what} does not fit this draft: " + ", ".join(parts))
     module.load_state_dict(state_dict)
+
+
+# Keys only a whole model (target + draft, or a base model) has: a draft directory never does.
+FULL_MODEL_MARKERS = ("model.layers.", "language_model.", "lm_head.weight", "model.embed_tokens.", "vision_tower.",
+                      "visual.", "layers.1.", "base_model.")
+
+
+def check_published(checkpoint: DraftCheckpoint, adapter, what: str, hidden_size: int | None = None,
+                    vocab_size: int | None = None) -> None:
+    """Hidden size and vocabulary of a published draft against the target, from its config.json,
+    its embed_tokens copy (if any) and the shapes the caller read (`hidden_size`, `vocab_size`).
+    Raises on a full-model checkpoint, on a mismatch, and when the vocabulary cannot be known."""
+    state, config = checkpoint.state_dict, checkpoint.config.get("published_config", {})
+    full = sorted({m for m in FULL_MODEL_MARKERS for key in state if key.startswith(m)})
+    if full:
+        raise DraftCheckpointError(f"{what} looks like a full model checkpoint, not a draft (keys starting with "
+                                   f"{', '.join(full)}): pass the directory of the draft alone")
+    embed = state.get("embed_tokens.weight")
+    sources = {"hidden_size": [("config.json", config.get("hidden_size")), ("its tensors", hidden_size),
+                               ("embed_tokens", None if embed is None else embed.shape[1])],
+               "vocab_size": [("config.json", config.get("vocab_size")), ("its tensors", vocab_size),
+                              ("embed_tokens", None if embed is None else embed.shape[0])]}
+    here = {"hidden_size": adapter.hidden_size, "vocab_size": adapter.vocab_size}
+    for key, found in sources.items():
+        known = [(where, value) for where, value in found if value is not None]
+        if not known:
+            raise DraftCheckpointError(f"{what}: cannot check its {key} against the target ({here[key]}): "
+                                       "its config.json has none and no tensor shows it")
+        for where, value in known:
+            if int(value) != here[key]:
+                raise DraftCheckpointError(f"{what} was made for a target with {key}={value} ({where}), "
+                                           f"but this target has {key}={here[key]}")
+
+
+MEDUSA_KEY = re.compile(r"^(\d+)\.(\d+)\.(linear\.weight|linear\.bias|weight)$")
+
+
+def medusa_published_state(checkpoint: DraftCheckpoint, what: str) -> tuple[dict[str, torch.Tensor], int, bool]:
+    """A published Medusa file mapped onto MedusaHeads' names: (state dict, number of heads, shared lm_head).
+
+    `medusa_lm_head.pt`: {i}.0.linear.{weight,bias} (head i's ResBlock) and {i}.1.weight (its own
+    vocabulary projection); `medusa_lm_head.safetensors` and the ViSpec repo's Medusa baseline
+    (keys under medusa_head.): ResBlocks only, projected by the target's lm_head.
+    """
+    state = {k.removeprefix("module."): v for k, v in checkpoint.state_dict.items() if not k.startswith("embed_tokens.")}
+    state = {k.removeprefix("medusa_head."): v for k, v in state.items()}
+    mapped, unknown, deeper = {}, [], []
+    for key, value in state.items():
+        match = MEDUSA_KEY.match(key)
+        if not match:
+            unknown.append(key)
+        elif match[2] == "0" and match[3] != "weight":
+            mapped[f"blocks.{match[1]}.{match[3]}"] = value
+        elif match[2] == "1" and match[3] == "weight":
+            mapped[f"projections.{match[1]}.weight"] = value
+        else:
+            deeper.append(key)
+    if unknown:
+        raise DraftCheckpointError(f"{what} is not a Medusa head file: unexpected keys {sorted(unknown)[:6]} "
+                                   "(expected {i}.0.linear.weight, {i}.0.linear.bias and optionally {i}.1.weight)")
+    if deeper:
+        raise DraftCheckpointError(f"{what} has more than one ResBlock per head ({sorted(deeper)[:3]}); "
+                                   "this package's Medusa heads have one (medusa_num_layers=1, as published)")
+    heads = sorted({int(k.split(".")[1]) for k in mapped})
+    projections = sorted({int(k.split(".")[1]) for k in mapped if k.startswith("projections.")})
+    if not heads or heads != list(range(len(heads))) or projections not in ([], heads):
+        raise DraftCheckpointError(f"{what}: heads {heads}, vocabulary projections for heads {projections}: "
+                                   "expected heads 0..K-1, all with or all without a projection")
+    return mapped, len(heads), not projections

@@ -11,7 +11,15 @@ cannot serve both, so:
   tau_prior(n) / (verify(n) + depth x draft level), where tau_prior is a fixed prior on the
   accepted length a tree of n nodes buys (EAGLE's own -1 uses a fixed gain table as well).
 
-The chosen settings are recorded in every record of the run (`tree_settings`).
+Convention: `depth`, `top_k` and `total_token` mean what they mean in the EAGLE reference's
+`topK_genrate` (and in the EAGLE-2 / ViSpec papers): the root's top_k children form level 1 and
+`depth` more levels are expanded, so a tree has up to depth + 1 levels of draft tokens, and
+`total_token` counts the root, so total_token - 1 draft nodes are verified. "depth 3, top_k 8,
+total_token 30" from the ViSpec paper builds 29 draft nodes over up to 4 levels, as theirs does.
+
+The chosen settings are recorded in every record of the run (`tree_settings`), with
+"convention": "reference". Records written before this convention (no "convention" key) used
+depth = levels and total_token = draft nodes: their (d, k, t) is (d - 1, k, t + 1) here.
 """
 
 from __future__ import annotations
@@ -26,20 +34,34 @@ import torch
 from vispec_bench.running.instruments import synchronize
 
 
+CONVENTION = "reference"  # recorded with the settings; see the module docstring
+
+
 @dataclass(frozen=True)
 class TreeSettings:
-    depth: int
-    top_k: int
-    total_token: int
+    """A dynamic tree in the reference's convention (module docstring)."""
+
+    depth: int  # levels expanded after the root's children: up to depth + 1 levels of draft tokens
+    top_k: int  # children per expanded node, and nodes expanded per level
+    total_token: int  # verify-input size, root included: total_token - 1 draft nodes
+
+    @property
+    def levels(self) -> int:
+        return self.depth + 1
+
+    @property
+    def draft_nodes(self) -> int:
+        return self.total_token - 1
 
 
-# cuda: the LLM papers' EAGLE-2 tree (verification is nearly free on a GPU for a small target);
-# cpu: a narrow, deeper tree, since every verified node costs real compute there.
+# cuda: 5 levels / 60 draft nodes, near the LLM papers' tree (verification is nearly free on a
+# GPU for a small target); cpu: a narrow, deeper tree (5 levels, 10 draft nodes), since every
+# verified node costs real compute there. Same trees as before the reference convention.
 DEVICE_DEFAULTS = {
-    "cuda": TreeSettings(depth=5, top_k=8, total_token=60),
-    "cpu": TreeSettings(depth=5, top_k=4, total_token=10),
+    "cuda": TreeSettings(depth=4, top_k=8, total_token=61),
+    "cpu": TreeSettings(depth=4, top_k=4, total_token=11),
 }
-CANDIDATE_SIZES = (4, 6, 8, 10, 12, 16, 24, 32, 48, 60)
+CANDIDATE_SIZES = (4, 6, 8, 10, 12, 16, 24, 32, 48, 60)  # draft nodes (root excluded) auto sizing tries
 
 
 def device_kind(device) -> str:
@@ -83,10 +105,11 @@ def verify_costs(adapter, sizes=CANDIDATE_SIZES, repeats: int = 3) -> dict[int, 
     return costs
 
 
-def choose_total_token(costs: dict[int, float], draft_level_s: float, depth: int,
+def choose_total_token(costs: dict[int, float], draft_level_s: float, draft_forwards: int,
                        sizes=CANDIDATE_SIZES) -> tuple[int, dict[int, float]]:
-    """The size with the best expected tokens per second, and that rate for every size."""
-    rates = {n: tau_prior(n) / (costs[n + 1] + depth * draft_level_s) for n in sizes if n + 1 in costs}
+    """The number of draft nodes (root excluded) with the best expected tokens per second, and
+    that rate for every size. `draft_forwards`: draft forwards per round (EAGLE: one per level)."""
+    rates = {n: tau_prior(n) / (costs[n + 1] + draft_forwards * draft_level_s) for n in sizes if n + 1 in costs}
     return max(rates, key=rates.get), rates
 
 
@@ -94,6 +117,7 @@ def resolve(depth: int, top_k: int, total_token: int, device, measure=None) -> t
     """Options (0 = device default, total_token -1 = auto) -> settings, and how they were chosen.
 
     `measure` is a callable returning (verify costs, seconds per draft level) for auto sizing.
+    Auto sizing picks a number of draft nodes n; total_token = n + 1 (the root counts).
     """
     default = DEVICE_DEFAULTS[device_kind(device)]
     depth = depth or default.depth
@@ -101,14 +125,17 @@ def resolve(depth: int, top_k: int, total_token: int, device, measure=None) -> t
     how = {"device_kind": device_kind(device)}
     if total_token == -1:
         costs, draft_level_s = measure()
-        total_token, rates = choose_total_token(costs, draft_level_s, depth)
+        nodes, rates = choose_total_token(costs, draft_level_s, depth + 1)  # one draft forward per level
+        total_token = nodes + 1
         how.update(choice="auto", verify_costs_ms={n: round(1000 * s, 3) for n, s in costs.items()},
                    draft_level_ms=round(1000 * draft_level_s, 3),
-                   expected_tokens_per_s={n: round(r, 2) for n, r in rates.items()})
+                   expected_tokens_per_s={n + 1: round(r, 2) for n, r in rates.items()})  # keyed by total_token
     elif total_token == 0:
         total_token = default.total_token
         how["choice"] = "device default"
     else:
         how["choice"] = "given"
+    if total_token < 2:
+        raise ValueError(f"total_token counts the root: it must be >= 2 (one draft node) or 0/-1; got {total_token}")
     settings = TreeSettings(depth, top_k, total_token)
-    return settings, {**asdict(settings), **how}
+    return settings, {**asdict(settings), "convention": CONVENTION, **how}

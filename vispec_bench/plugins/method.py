@@ -97,6 +97,7 @@ class DraftMethod(Method):
     Options: type = DraftOptions
     ignored_checkpoint_keys: tuple[str, ...] = ()  # keys a checkpoint may carry that the draft does not use
     compatible_checkpoints: tuple[str, ...] = ()
+    shipped_draft_of: str = ""  # whose draft a model that ships drafts supplies (default: this method's own name)
 
     @property
     def draft_kind(self) -> str:
@@ -104,7 +105,9 @@ class DraftMethod(Method):
         registered under another name (a preset of the same class) takes the same drafts."""
         return type(self).name or self.name
 
-    def build_draft(self, adapter):
+    def build_draft(self, adapter, checkpoint=None):
+        """The draft network, shaped for `checkpoint` (a DraftCheckpoint to load next, or None: a
+        fresh draft for the target). Published layouts may dictate shapes their config.json gives."""
         raise NotImplementedError
 
     def randomize(self, draft) -> None:
@@ -119,8 +122,9 @@ class DraftMethod(Method):
             self.resolved_draft = {"path": None, "weights": None, "sha256": None, "source": "random"}
         elif requested:
             self.resolved_draft = draft_provenance(requested, source="option")
-        elif self.draft_kind in default_drafts:
-            self.resolved_draft = draft_provenance(default_drafts[self.draft_kind], source="model default")
+        elif self.draft_kind in default_drafts or self.shipped_draft_of in default_drafts:
+            default = default_drafts.get(self.draft_kind) or default_drafts[self.shipped_draft_of]
+            self.resolved_draft = draft_provenance(default, source="model default")
         else:
             raise InputError(f"{self.name} needs a draft: --method-args {self.name}.draft=CHECKPOINT_DIR "
                              f"(see `python -m vispec_bench train`) or {self.name}.draft=random for a smoke test")
@@ -132,16 +136,26 @@ class DraftMethod(Method):
         if self.resolved_draft is None:
             self.resolve({})  # prepared outside a run: the options alone decide
         source = self.resolved_draft["path"]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.options.seed)
-            draft = self.build_draft(adapter)
-            if source is None:
-                self.randomize(draft)
+        checkpoint = None
         if source is not None:
             checkpoint = load_draft(source)
             check_target(checkpoint, adapter, self.draft_kind, self.compatible_checkpoints)
+            if checkpoint.layout == "published":
+                self.check_published(checkpoint, adapter, f"{self.name} draft {source} ({checkpoint.file})")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.options.seed)
+            draft = self.build_draft(adapter, checkpoint)
+            if source is None:
+                self.randomize(draft)
+        if checkpoint is not None:
             self.load_checkpoint(draft, checkpoint, source=source)
         return draft.to(device=adapter.device, dtype=adapter.dtype).eval()
+
+    def check_published(self, checkpoint, adapter, what: str) -> None:
+        """A published draft (no target description): hidden size and vocabulary against the target."""
+        from vispec_bench.drafts.checkpoints import check_published
+
+        check_published(checkpoint, adapter, what)
 
     def load_checkpoint(self, draft, checkpoint, source: str) -> None:
         from vispec_bench.drafts.checkpoints import load_matching
