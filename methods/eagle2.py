@@ -67,7 +67,10 @@ class EagleDraft(nn.Module):
 
     def forward(self, features, token_embeds, position_ids, attention_mask, cache=None):
         """features, token_embeds [B, n, H]; position_ids [B, n]; attention_mask [B, 1, n, kv] additive."""
-        x = self.fuse(features, token_embeds)
+        return self.run_layer(self.fuse(features, token_embeds), position_ids, attention_mask, cache)
+
+    def run_layer(self, x, position_ids, attention_mask, cache=None):
+        """The decoder layer on its inputs x [B, n, H] (ViSpec also feeds compressed image tokens here)."""
         out = self.layers[0](x, attention_mask=attention_mask, position_ids=position_ids, past_key_values=cache,
                              use_cache=cache is not None,
                              position_embeddings=self.rotary_emb(x, position_ids))
@@ -252,6 +255,11 @@ class EagleTrainer:
     def noise_width(self, features) -> float:
         return self.options.noise
 
+    def run_draft(self, inputs, embeds, positions, step: int) -> torch.Tensor:
+        """One causal pass of the draft over a sequence's pairs: [n, H] -> [n, H]."""
+        mask = additive_mask(causal_visible(inputs.shape[0], 0, inputs.device), inputs.dtype)
+        return self.draft(self.transform_features(inputs, positions)[None], embeds[None], positions[None], mask)[0]
+
     def passes(self, features, num_passes: int, noise: float = 0.0):
         """Pass 1 reads target features; pass k > 1 reads the draft's own outputs of pass k - 1.
 
@@ -263,9 +271,7 @@ class EagleTrainer:
                 inputs = inputs + (torch.rand_like(inputs) - 0.5) * noise
             if inputs.shape[0] == 0:
                 return
-            n = inputs.shape[0]
-            mask = additive_mask(causal_visible(n, 0, inputs.device), inputs.dtype)
-            out = self.draft(self.transform_features(inputs, positions)[None], embeds[None], positions[None], mask)[0]
+            out = self.run_draft(inputs, embeds, positions, step)
             yield out, targets
             # The next pass: the prediction of h_{t} stands in for h_t, paired with e_{t+1}.
             keep = targets + 1 < features.hidden.shape[0]

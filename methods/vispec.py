@@ -1,32 +1,50 @@
 """ViSpec (Kang et al., NeurIPS 2025): the EAGLE-2 draft made vision-aware.
 
-It reuses EAGLE-2's draft, tree and training recipe (methods/eagle2.py) and adds:
+It reuses EAGLE-2's draft, tree and training recipe (methods/eagle2.py) and computes the
+function of the authors' draft (KangJialiang/ViSpec, `vispec/model/cnets_ours.py`):
 
-(a) a vision adaptor (`imadpt`): num_q learned queries cross-attend (multi-head, no positional
-    encoding) over one image's embeddings — the target's decoder inputs at that image's
-    positions. Of the num_q outputs, the first num_q - 1 are compressed image tokens; the last
-    is the image's global feature g.
+(a) a vision adaptor (`imadpt`): num_q learned queries `q` [num_q, heads, head_dim] attend,
+    per head and with no query projection, over one image's embeddings (the target's decoder
+    inputs at that image's positions): softmax(q k^T / sqrt(head_dim)) v with k, v = k_proj,
+    v_proj of the embeddings (biases only when the draft layer has q/k/v biases, i.e. on Qwen
+    targets), then o_proj without bias; no norm, no positional encoding. Of the num_q outputs,
+    the first num_q - 1 are compressed image tokens; the last is the image's global feature g.
 (b) the splice: in the draft's input, the pairs that carry an image's tokens are replaced by
-    the num_q - 1 compressed tokens, placed at that image's trailing positions; text after
-    the image keeps its original positions, so the draft's positions have a gap where the image
-    was (the draft's cache is shorter than the target's). With EAGLE's pairing — the pair at
-    draft position i holds (h_i, e_{i+1}) — an image occupying token positions [s, e) keeps its
+    the num_q - 1 compressed tokens, placed at that image's trailing positions; text after the
+    image keeps its original positions, so the draft's positions have a gap where the image was
+    (the draft's cache is shorter than the target's). With EAGLE's pairing — the pair at draft
+    position i holds (h_i, e_{i+1}) — an image occupying token positions [s, e) keeps its
     compressed tokens at pair positions e - num_q ... e - 2, and pair positions s - 1 ...
-    e - num_q - 1 disappear.
-(c) the global feature: every later feature entering the draft (pair position >= e - 1, the
-    pairs whose token follows the image; tree nodes and decode rounds included) is fused as
-    img_fc(cat(h, g)) with the g of the latest image before it; img_fc = Linear(2H -> H)
-    starts as [I | 0] with zero bias, so an EAGLE-2 draft loaded into ViSpec is unchanged.
+    e - num_q - 1 disappear. The compressed tokens enter the decoder layer directly: they do
+    not pass through fc, and no target feature goes with them.
+(c) the global feature: every feature entering the draft (prompt pairs, tree nodes, decode
+    rounds) is fused as img_fc(cat(h, g)) before fc, with g = 0 before the first image and on
+    text-only prompts. img_fc = Linear(2H -> H) starts as [I | 0] with zero bias, so an EAGLE-2
+    draft loaded into ViSpec is unchanged.
+
+Generalisation beyond the reference (which reuses the first image's segment sizes and crashes
+on a second image): any number of images; each image is compressed on its own, and a feature
+at pair position p is fused with the g of the latest image whose pairs end before p (pair
+positions >= e - 1 of that image), g = 0 before the first. With one image, or none, this is
+exactly the reference's function. The reference also skips the first image token's embedding
+in the adaptor when an image starts at token 0; here the adaptor reads the whole image.
 
 Ablations are registry entries of this class with an option preset: `vispec-noadaptor`
 (adaptor=false: no splice, image tokens enter as in EAGLE-2; global feature on) and
-`vispec-noglobal` (global_feature=false: splice on, no fusion).
+`vispec-noglobal` (global_feature=false: splice on, g = 0 everywhere: img_fc still applies, with
+its g input zeroed).
 
 Training (ViSpec section 3.3): stage 1 is EAGLE-2 training on text (`train --method eagle2`);
 stage 2 (`train --method vispec --init EAGLE2_CKPT`) trains on multimodal conversations whose
 answers the target generated from long-answer prompts (`gen-data --prompt-suffix`). Against
 shortcut learning from the target's features: uniform noise (U - 0.5) * 0.2 * 512 / seq_len on
-the input features, and `mtp_steps` extra passes that feed the draft its own predicted features.
+the input features, and `mtp_steps` extra passes that feed the draft its own predicted features
+(the first pass holds the compressed tokens; later passes shift the draft's outputs along as
+EAGLE-2's trainer does, instead of re-running the splice as the reference's script does).
+
+Published drafts (the authors' five on the hub, JLKang/ViSpec-*): `vispec.draft=DIR` or the hub
+id, when it is in the local HF cache; the draft layer is built from the checkpoint's
+config.json and the keys load as they are (vispec_bench/drafts/published.py).
 
 Qwen2.5-VL: the target verifies with 3-D mrope positions; the draft uses 1-D positions over the
 original token indices, as the reference implementation does.
@@ -42,53 +60,65 @@ from torch import nn
 from vispec_bench.errors import InputError
 from vispec_bench.drafts.checkpoints import DraftCheckpointError, load_matching
 from vispec_bench.drafts.vocab import BUFFER, set_token_map
-from methods.eagle2 import Eagle2, Eagle2Options, Eagle2Proposer, EagleDraft, EagleTrainer, published_config
+from methods.eagle2 import (Eagle2, Eagle2Options, Eagle2Proposer, EagleDraft, EagleTrainer, additive_mask,
+                            causal_visible, published_config)
 
 
 class VisionAdaptor(nn.Module):
-    """num_q learned queries in multi-head cross-attention over one image's embeddings."""
+    """num_q learned per-head queries cross-attending over one image's embeddings (the reference's layout)."""
 
-    def __init__(self, hidden: int, num_heads: int, num_q: int):
+    def __init__(self, hidden: int, num_heads: int, num_q: int, kv_bias: bool):
         super().__init__()
         if hidden % num_heads:
             raise ValueError(f"hidden size {hidden} is not divisible by {num_heads} heads")
-        self.num_heads = num_heads
-        self.q = nn.Parameter(torch.randn(num_q, hidden) * hidden ** -0.5)
-        self.q_proj = nn.Linear(hidden, hidden)
-        self.k_proj = nn.Linear(hidden, hidden)
-        self.v_proj = nn.Linear(hidden, hidden)
-        self.o_proj = nn.Linear(hidden, hidden)
+        head_dim = hidden // num_heads
+        self.q = nn.Parameter(torch.randn(num_q, num_heads, head_dim) * head_dim ** -0.5)
+        self.k_proj = nn.Linear(hidden, hidden, bias=kv_bias)
+        self.v_proj = nn.Linear(hidden, hidden, bias=kv_bias)
+        self.o_proj = nn.Linear(hidden, hidden, bias=False)
 
     def forward(self, image_embeds: torch.Tensor) -> torch.Tensor:
         """image_embeds [n, H] -> [num_q, H]."""
-        num_q, hidden = self.q.shape
-        head_dim = hidden // self.num_heads
-        q = self.q_proj(self.q.to(image_embeds.dtype)).view(num_q, self.num_heads, head_dim).transpose(0, 1)
-        k = self.k_proj(image_embeds).view(-1, self.num_heads, head_dim).transpose(0, 1)  # [heads, n, d]
-        v = self.v_proj(image_embeds).view(-1, self.num_heads, head_dim).transpose(0, 1)
-        attended = nn.functional.scaled_dot_product_attention(q[None], k[None], v[None])[0]  # [heads, num_q, d]
-        return self.o_proj(attended.transpose(0, 1).reshape(num_q, hidden))
+        num_q, heads, head_dim = self.q.shape
+        q = self.q.to(image_embeds.dtype).transpose(0, 1)  # [heads, num_q, d]: used as they are, no projection
+        k = self.k_proj(image_embeds).view(-1, heads, head_dim).transpose(0, 1)  # [heads, n, d]
+        v = self.v_proj(image_embeds).view(-1, heads, head_dim).transpose(0, 1)
+        attended = nn.functional.scaled_dot_product_attention(q[None], k[None], v[None])[0]  # scale 1/sqrt(d)
+        return self.o_proj(attended.transpose(0, 1).reshape(num_q, heads * head_dim))
 
 
 class ViSpecDraft(EagleDraft):
     def __init__(self, text_config, num_q: int, published: dict | None = None):
-        super().__init__(text_config, published)
+        super().__init__(text_config, published)  # a published config.json's shapes and fc bias
         hidden = self.config.hidden_size
-        self.img_fc = nn.Linear(2 * hidden, hidden)
+        fc_bias = self.fc.bias is not None  # "bias": false removes fc's and img_fc's biases, as the reference
+        self.img_fc = nn.Linear(2 * hidden, hidden, bias=fc_bias)
         with torch.no_grad():  # [I | 0]: fusion starts as the identity on h
             self.img_fc.weight.zero_()
             self.img_fc.weight[:, :hidden].copy_(torch.eye(hidden))
-            self.img_fc.bias.zero_()
-        self.imadpt = VisionAdaptor(hidden, self.config.num_attention_heads, num_q)
+            if fc_bias:
+                self.img_fc.bias.zero_()
+        # The adaptor's k/v carry biases exactly when the draft layer's q/k/v do (Qwen targets).
+        kv_bias = self.layers[0].self_attn.k_proj.bias is not None
+        self.imadpt = VisionAdaptor(hidden, self.config.num_attention_heads, num_q, kv_bias)
+
+    def forward(self, features, token_embeds, position_ids, attention_mask, cache=None, direct=None):
+        """As EAGLE's, except rows where `direct` [B, n] is True: their token_embeds row (a compressed
+        image token) is the layer's input as it is, with no fc and no target feature."""
+        x = self.fuse(features, token_embeds)
+        if direct is not None:
+            x = torch.where(direct[..., None], token_embeds.to(x.dtype), x)
+        return self.run_layer(x, position_ids, attention_mask, cache)
 
 
 @dataclass
 class SplicedPairs:
-    features: torch.Tensor  # [m, H] target features of the kept pairs
-    token_embeds: torch.Tensor  # [m, H] next-token embeddings (compressed tokens at image pairs)
+    features: torch.Tensor  # [m, H] target features of the kept pairs (unused at compressed rows)
+    token_embeds: torch.Tensor  # [m, H] next-token embeddings; the compressed tokens at compressed rows
+    direct: torch.Tensor  # [m] bool: compressed rows, which enter the decoder layer directly
     positions: torch.Tensor  # [m] draft positions (original indices, with gaps)
     targets: torch.Tensor  # [m] index of the feature each pair predicts (position + 1)
-    global_features: torch.Tensor | None  # [K, H] g of each image, None without the global feature
+    global_features: torch.Tensor | None  # [K, H] g of each image; None = g is 0 everywhere
     fusion_starts: torch.Tensor  # [K] first pair position fused with each image's g (image end - 1)
 
 
@@ -103,11 +133,11 @@ def splice_pairs(draft: ViSpecDraft, hidden: torch.Tensor, input_embeds: torch.T
     num_pairs = min(hidden.shape[0], input_embeds.shape[0] - 1)
     device = hidden.device
     positions = torch.arange(num_pairs, device=device)
-    features, token_embeds = hidden[:num_pairs], input_embeds[1:num_pairs + 1]
+    features, token_embeds = hidden[:num_pairs], input_embeds[1:num_pairs + 1].clone()
     num_compressed = draft.imadpt.q.shape[0] - 1
-    outputs = [draft.imadpt(input_embeds[start:end]) for start, end in image_spans] if image_spans else []
+    outputs = [draft.imadpt(input_embeds[start:end]) for start, end in image_spans]
     keep = torch.ones(num_pairs, dtype=torch.bool, device=device)
-    token_embeds = token_embeds.clone()
+    direct = torch.zeros(num_pairs, dtype=torch.bool, device=device)
     if use_adaptor:
         for (start, end), out in zip(image_spans, outputs):
             if end - start < num_compressed:
@@ -116,27 +146,29 @@ def splice_pairs(draft: ViSpecDraft, hidden: torch.Tensor, input_embeds: torch.T
             keep[max(start - 1, 0):compressed_from] = False  # pairs whose token is an image token
             token_embeds[compressed_from:end - 1] = out[num_compressed - (end - 1 - compressed_from):num_compressed].to(
                 token_embeds.dtype)
+            direct[compressed_from:end - 1] = True
     global_features = torch.stack([out[-1] for out in outputs]) if (use_global and outputs) else None
     fusion_starts = torch.tensor([end - 1 for _, end in image_spans], device=device, dtype=torch.long)
-    return SplicedPairs(features[keep], token_embeds[keep], positions[keep], positions[keep] + 1,
+    return SplicedPairs(features[keep], token_embeds[keep], direct[keep], positions[keep], positions[keep] + 1,
                         global_features, fusion_starts)
 
 
 def fuse_global(draft: ViSpecDraft, features: torch.Tensor, positions: torch.Tensor,
                 global_features: torch.Tensor | None, fusion_starts: torch.Tensor) -> torch.Tensor:
-    """img_fc(cat(h, g)) for pairs at or after an image's fusion start, with the latest such image's g."""
-    if global_features is None:
-        return features
-    image_index = torch.searchsorted(fusion_starts, positions, right=True) - 1  # [n], -1 = before any image
-    fused = draft.img_fc(torch.cat([features, global_features[image_index.clamp(min=0)].to(features.dtype)], -1))
-    return torch.where((image_index >= 0)[:, None], fused, features)
+    """img_fc(cat(h, g)) for every feature: g of the latest image whose fusion has started, else 0."""
+    g = torch.zeros_like(features)
+    if global_features is not None:
+        image_index = torch.searchsorted(fusion_starts, positions, right=True) - 1  # [n], -1 = before any image
+        latest = global_features[image_index.clamp(min=0)].to(features.dtype)
+        g = torch.where((image_index >= 0)[:, None], latest, g)
+    return draft.img_fc(torch.cat([features, g], -1))
 
 
 @dataclass
 class ViSpecOptions(Eagle2Options):
     num_q: int = 2  # adaptor queries: num_q - 1 compressed tokens per image + 1 global feature
     adaptor: bool = True  # splice compressed tokens in place of the image (off: vispec-noadaptor)
-    global_feature: bool = True  # fuse g into later features (off: vispec-noglobal)
+    global_feature: bool = True  # fuse g into the features (off: vispec-noglobal, g = 0 everywhere)
     mtp_steps: int = 1  # training: one extra pass on the draft's own features (shortcut learning)
     noise_per_length: bool = True  # training: noise width 0.2 * 512 / seq_len, as the reference
 
@@ -147,21 +179,39 @@ class ViSpecProposer(Eagle2Proposer):
         pairs = splice_pairs(self.draft, prefill.hidden, torch.cat([prefill.input_embeds, first]),
                              prompt.image_spans, self.options.adaptor, self.options.global_feature)
         self.global_features, self.fusion_starts = pairs.global_features, pairs.fusion_starts
+        self.prompt_features, self.prompt_direct = pairs.features, pairs.direct
         return pairs.features, pairs.token_embeds, pairs.positions
 
     def transform_features(self, features, positions):
         return fuse_global(self.draft, features, positions, self.global_features, self.fusion_starts)
+
+    def _run(self, features, token_embeds, positions, visible):
+        # Only the prompt's pairs hold compressed tokens; tree nodes and decode rounds are plain pairs.
+        direct = self.prompt_direct[None] if features is self.prompt_features else None
+        out = self.draft(self.transform_features(features, positions)[None], token_embeds[None], positions[None],
+                         additive_mask(visible, self.dtype), self.cache, direct=direct)
+        return out[0]
+
+    def absorb(self, result):
+        self.prompt_features = self.prompt_direct = None
+        super().absorb(result)
 
 
 class ViSpecTrainer(EagleTrainer):
     def draft_inputs(self, features):
         pairs = splice_pairs(self.draft, features.hidden, features.input_embeds, features.image_spans,
                              self.options.adaptor, self.options.global_feature)
-        self._globals = (pairs.global_features, pairs.fusion_starts)
+        self._globals, self._direct = (pairs.global_features, pairs.fusion_starts), pairs.direct
         return pairs.features, pairs.token_embeds, pairs.positions, pairs.targets
 
     def transform_features(self, hidden, positions):
         return fuse_global(self.draft, hidden, positions, *self._globals)
+
+    def run_draft(self, inputs, embeds, positions, step: int) -> torch.Tensor:
+        mask = additive_mask(causal_visible(inputs.shape[0], 0, inputs.device), inputs.dtype)
+        direct = self._direct[None] if step == 0 else None  # later passes read the draft's own features
+        return self.draft(self.transform_features(inputs, positions)[None], embeds[None], positions[None], mask,
+                          direct=direct)[0]
 
     def noise_width(self, features) -> float:
         if not self.options.noise_per_length:
@@ -169,24 +219,17 @@ class ViSpecTrainer(EagleTrainer):
         return self.options.noise * 512 / features.hidden.shape[0]
 
 
-# The published ViSpec drafts are draft-only state dicts; some exports name the adaptor's
-# learned queries differently or prefix keys. Map them onto ours.
-KEY_ALIASES = {"imadpt.query": "imadpt.q", "imadpt.queries": "imadpt.q", "imadpt.q.weight": "imadpt.q"}
-FULL_MODEL_MARKERS = ("model.layers.", "language_model.", "lm_head.weight", "model.embed_tokens.", "vision_tower.",
-                      "visual.", "layers.1.")
+# The adaptor's earlier parameterisation here (a query projection; 2-D q): trained under another function.
+EARLIER_ADAPTOR_KEYS = ("imadpt.q_proj.weight", "imadpt.q_proj.bias")
 
 
-def map_published_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    full = sorted({marker for marker in FULL_MODEL_MARKERS for key in state_dict if key.startswith(marker)})
-    if full:
+def check_draft_keys(state_dict: dict[str, torch.Tensor], source: str) -> None:
+    if any(key in state_dict for key in EARLIER_ADAPTOR_KEYS):
         raise DraftCheckpointError(
-            "this looks like a full model checkpoint, not a ViSpec draft (found keys starting with "
-            f"{', '.join(full)}); pass the draft-only checkpoint (keys fc.*, img_fc.*, imadpt.*, layers.0.*)")
-    mapped = {}
-    for key, value in state_dict.items():
-        key = key.removeprefix("module.").removeprefix("draft.")
-        mapped[KEY_ALIASES.get(key, key)] = value
-    return mapped
+            f"ViSpec draft {source} was trained with this package's earlier ViSpec function (an adaptor with a "
+            "query projection, compressed tokens through fc, no fusion before the first image); it cannot be "
+            "converted exactly to the reference's function: retrain it (`python -m vispec_bench train "
+            "--method vispec --init EAGLE2_DRAFT ...`)")
 
 
 class ViSpec(Eagle2):
@@ -203,13 +246,29 @@ class ViSpec(Eagle2):
                              f"got {self.options.num_q}")
         return ViSpecDraft(adapter.text_config, self.options.num_q, published_config(checkpoint))
 
+    def check_published(self, checkpoint, adapter, what: str) -> None:
+        """The authors' layout: a config.json is required (the draft layer is built from it), and
+        the adaptor's query count must be num_q."""
+        if not checkpoint.config.get("published_config"):
+            raise DraftCheckpointError(
+                f"{what} has draft weights but no config.json: the authors' drafts ship one (hidden_size, "
+                "num_attention_heads, num_key_value_heads, intermediate_size, vocab_size, ...), and the draft "
+                "layer is built from it")
+        super().check_published(checkpoint, adapter, what)
+        queries = checkpoint.state_dict.get("imadpt.q")
+        if queries is not None and queries.shape[0] != self.options.num_q:
+            raise DraftCheckpointError(f"{what} has {queries.shape[0]} adaptor queries: pass "
+                                       f"--method-args {self.name}.num_q={queries.shape[0]} (got {self.options.num_q})")
+
     def load_checkpoint(self, draft, checkpoint, source: str) -> None:
-        state = map_published_keys(checkpoint.state_dict)
+        state = dict(checkpoint.state_dict)
+        check_draft_keys(state, source)
         set_token_map(draft, state.get(BUFFER))  # the checkpoint's reduced vocabulary, if any
         if checkpoint.config.get("method") == "eagle2" or not any(k.startswith("imadpt.") for k in state):
             # Stage-2 start from an EAGLE-2 draft: its fc and layer; img_fc stays [I | 0], the adaptor fresh.
             own = draft.state_dict()
             state = {**{k: v for k, v in own.items() if k.startswith(("img_fc.", "imadpt."))}, **state}
+        # embed_tokens: the published drafts carry a copy of the target's; the target's own is used.
         load_matching(draft, state, f"{self.name} checkpoint {source}", ignore_prefixes=self.ignored_checkpoint_keys)
 
     def make_trainer(self, draft, lm_head):

@@ -75,6 +75,8 @@ def test_splice_places_compressed_tokens_at_trailing_image_positions_one_image(n
 def test_splice_positions_for_two_images_and_the_draft_cache_is_shorter():
     _, adapter = tiny_by_name("tiny-qwen25vl")
     method = prepared("vispec", adapter, draft="random")
+    with torch.no_grad():  # away from [I | 0], so that fusing with g = 0 shows too
+        method.draft.img_fc.weight.add_(torch.randn(method.draft.img_fc.weight.shape) * 0.1)
     images = [s.images[0] for s in easyvqa_samples()[:2]]
     prompt, prefill, proposer, features, embeds, positions = _prefill_pairs(adapter, method, two_image_messages(),
                                                                             images)
@@ -93,7 +95,11 @@ def test_splice_positions_for_two_images_and_the_draft_cache_is_shorter():
     assert torch.allclose(fused[between], img_fc(torch.cat([features[between], proposer.global_features[0]])),
                           atol=1e-5)
     assert torch.allclose(fused[after], img_fc(torch.cat([features[after], proposer.global_features[1]])), atol=1e-5)
-    assert torch.equal(fused[0], features[0])  # before any image: untouched
+    zero = torch.zeros_like(features[0])  # before any image: fused with g = 0, as the reference
+    assert torch.allclose(fused[0], img_fc(torch.cat([features[0], zero])), atol=1e-6)
+    # The compressed token's row enters the decoder layer directly (no fc, no target feature).
+    direct_rows = proposer.prompt_direct.nonzero().flatten().tolist()
+    assert [expected[i] for i in direct_rows] == [e1 - 2, e2 - 2]
     # The draft's cache holds only the kept pairs: shorter than the target's by the spliced-out tokens.
     proposer.start(adapter, prompt, prefill, int(prefill.logits.argmax()))
     proposer.propose([int(prefill.logits.argmax())], budget=10)
@@ -175,21 +181,35 @@ def test_ablations_are_registry_presets_of_the_same_method():
     assert make_method("vispec-noadaptor", {"adaptor": "true"}).options.adaptor is True
 
 
-def test_published_vispec_layout_loads_with_key_mapping(tmp_path):
+def test_our_draft_saved_in_the_authors_layout_loads_with_no_key_mapping(tmp_path):
     _, adapter = tiny_by_name("tiny-llava")
     ours = prepared("vispec", adapter, draft=trained_draft("tiny-llava", "vispec"))
     state = {k: v.clone() for k, v in ours.draft.state_dict().items()}
-    assert {"fc.weight", "img_fc.weight", "imadpt.q", "imadpt.q_proj.weight", "imadpt.k_proj.weight",
-            "imadpt.v_proj.weight", "imadpt.o_proj.weight", "layers.0.self_attn.q_proj.weight"} <= set(state)
-    state["imadpt.query"] = state.pop("imadpt.q")  # an export that names the queries differently
+    assert {"fc.weight", "fc.bias", "img_fc.weight", "imadpt.q", "imadpt.k_proj.weight", "imadpt.v_proj.weight",
+            "imadpt.o_proj.weight", "layers.0.self_attn.q_proj.weight"} <= set(state)
+    assert state["imadpt.q"].shape == (2, 4, 16) and "imadpt.k_proj.bias" not in state  # (num_q, heads, head_dim)
+    state["embed_tokens.weight"] = adapter.embed_tokens.weight.detach().clone()  # the authors' drafts carry one
     torch.save(state, tmp_path / "pytorch_model.bin")
-    # A published draft's config.json states its hidden size and vocabulary (checked against the target).
-    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": adapter.hidden_size,
-                                                      "vocab_size": adapter.vocab_size}))
+    text = adapter.text_config
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "llava", "hidden_size": text.hidden_size, "intermediate_size": text.intermediate_size,
+        "num_attention_heads": text.num_attention_heads, "num_key_value_heads": text.num_key_value_heads,
+        "num_hidden_layers": 1, "rms_norm_eps": text.rms_norm_eps, "vocab_size": adapter.vocab_size}))
     published = prepared("vispec", adapter, draft=tmp_path)
     samples = easyvqa_samples(limit=2)
     assert [r.accepted_lengths for r in decode_all(adapter, ours, samples)] == \
         [r.accepted_lengths for r in decode_all(adapter, published, samples)]
+
+
+def test_a_draft_of_the_earlier_vispec_function_is_refused_clearly(tmp_path):
+    from vispec_bench.drafts.checkpoints import save_draft
+
+    _, adapter = tiny_by_name("tiny-llava")
+    method = prepared("vispec", adapter, draft="random")
+    state = dict(method.draft.state_dict(), **{"imadpt.q_proj.weight": torch.zeros(64, 64)})
+    save_draft(tmp_path, state, method.checkpoint_config(adapter))
+    with pytest.raises(DraftCheckpointError, match="earlier ViSpec function.*retrain"):
+        prepared("vispec", adapter, draft=tmp_path)
 
 
 def test_a_full_model_passed_as_a_vispec_draft_is_refused(tmp_path):
