@@ -115,8 +115,8 @@ def _copy_fixture(name: str, tmp_path: Path, **config_changes) -> Path:
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"hidden_size": 128}, r"another target: hidden_size=128 \(target: 64\)"),
-    ({"vocab_size": 32064}, r"another target: vocab_size=32064 \(target: 363\)"),
+    ({"hidden_size": 128}, r"target with hidden_size=128 \(config.json\), but this target has hidden_size=64"),
+    ({"vocab_size": 32064}, r"target with vocab_size=32064 \(config.json\), but this target has vocab_size=363"),
 ])
 def test_a_published_draft_for_another_target_is_refused(tmp_path, change, message):
     from vispec_bench.drafts.checkpoints import DraftCheckpointError
@@ -134,7 +134,7 @@ def test_a_published_draft_whose_embeddings_show_another_vocabulary_is_refused(t
     state["embed_tokens.weight"] = torch.zeros(400, 64)
     torch.save(state, directory / "pytorch_model.bin")
     _, adapter = tiny_by_name("tiny-llava")
-    with pytest.raises(DraftCheckpointError, match=r"embed_tokens rows\)=400 \(target: 363\)"):
+    with pytest.raises(DraftCheckpointError, match=r"vocab_size=400 \(embed_tokens\), but this target has vocab_size=363"):
         prepared("vispec", adapter, draft=directory)
 
 
@@ -147,7 +147,7 @@ def test_a_hub_id_loads_from_the_local_cache_and_says_how_to_download_otherwise(
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     _, adapter = tiny_by_name("tiny-llava")
-    with pytest.raises(DraftCheckpointError, match=r"not in the local Hugging Face cache.*hf download JLKang/ViSpec-x"):
+    with pytest.raises(DraftCheckpointError, match=r"nor in the local Hugging Face cache.*hf download JLKang/ViSpec-x"):
         prepared("vispec", adapter, draft="JLKang/ViSpec-x")
     # The hub cache's layout: refs/main names the snapshot folder holding the files.
     repo = tmp_path / "models--JLKang--ViSpec-x"

@@ -7,10 +7,11 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from vispec_bench.drafts.checkpoints import WEIGHTS, DraftCheckpointError
+from vispec_bench.drafts.checkpoints import PUBLISHED_FILES, WEIGHTS, DraftCheckpointError
+from vispec_bench.drafts.published import resolve_draft_source
 
 # The weights file of each layout load_draft reads, in the order it looks for them.
-WEIGHT_FILES = (WEIGHTS, "model.safetensors", "pytorch_model.bin")
+WEIGHT_FILES = (WEIGHTS, *PUBLISHED_FILES)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
@@ -40,8 +41,9 @@ def weights_file(path: Path) -> Path:
 
 def draft_provenance(path: str | Path, source: str) -> dict:
     """{"path", "sha256", "source"} of a draft checkpoint; `source` says who chose it
-    ("option": --method-args; "model default": the draft the model ships)."""
-    path = Path(path)
+    ("option": --method-args; "model default": the draft the model ships). A hub id is recorded
+    as its local snapshot directory (vispec_bench.drafts.published)."""
+    path = resolve_draft_source(path)
     if not path.exists():
         raise DraftCheckpointError(f"draft checkpoint {str(path)!r} does not exist (train one with "
                                    "`python -m vispec_bench train`, or pass draft=random for a smoke test)")
