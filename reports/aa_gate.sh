@@ -18,6 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${WORK:-/tmp/vispec-aa}
 N=${N:-10}
+SAMPLES=${SAMPLES:-64}  # samples of the samples-needed run
 GATE=(--model testbed --methods medusa,eagle2,vispec --suite easyvqa --prompt-mode long --limit 3
       --max-new-tokens 64 --dtype float32 --device cpu --no-progress --out "$WORK")
 
@@ -42,7 +43,7 @@ aa() {
 
 samples() {
   rm -rf "$WORK/samples"; mkdir -p "$WORK/samples"
-  python -m vispec_bench run --model testbed --methods eagle2,vispec --suite easyvqa --prompt-mode long --limit 64 \
+  python -m vispec_bench run --model testbed --methods eagle2,vispec --suite easyvqa --prompt-mode long --limit "$SAMPLES" \
     --max-new-tokens 128 --dtype float32 --device cpu --repeats 3 --no-profile --no-progress \
     --out "$WORK/samples" --run-id many
   PYTHONPATH=. python reports/samples_needed.py "$WORK/samples/many" vispec eagle2 --margin 0.05

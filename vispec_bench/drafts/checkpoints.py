@@ -126,16 +126,20 @@ FULL_MODEL_MARKERS = ("model.layers.", "language_model.", "lm_head.weight", "mod
                       "visual.", "layers.1.", "base_model.")
 
 
+def refuse_full_model(checkpoint: DraftCheckpoint, what: str) -> None:
+    full = sorted({m for m in FULL_MODEL_MARKERS for key in checkpoint.state_dict if key.startswith(m)})
+    if full:
+        raise DraftCheckpointError(f"{what} looks like a full model checkpoint, not a draft (keys starting with "
+                                   f"{', '.join(full)}): pass the directory of the draft alone")
+
+
 def check_published(checkpoint: DraftCheckpoint, adapter, what: str, hidden_size: int | None = None,
                     vocab_size: int | None = None) -> None:
     """Hidden size and vocabulary of a published draft against the target, from its config.json,
     its embed_tokens copy (if any) and the shapes the caller read (`hidden_size`, `vocab_size`).
     Raises on a full-model checkpoint, on a mismatch, and when the vocabulary cannot be known."""
     state, config = checkpoint.state_dict, checkpoint.config.get("published_config", {})
-    full = sorted({m for m in FULL_MODEL_MARKERS for key in state if key.startswith(m)})
-    if full:
-        raise DraftCheckpointError(f"{what} looks like a full model checkpoint, not a draft (keys starting with "
-                                   f"{', '.join(full)}): pass the directory of the draft alone")
+    refuse_full_model(checkpoint, what)
     embed = state.get("embed_tokens.weight")
     sources = {"hidden_size": [("config.json", config.get("hidden_size")), ("its tensors", hidden_size),
                                ("embed_tokens", None if embed is None else embed.shape[1])],

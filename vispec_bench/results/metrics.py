@@ -22,6 +22,7 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
+from vispec_bench.errors import InputError
 from vispec_bench.results import uncertainty
 from vispec_bench.results.columns import COLUMNS, COMPARABILITY, Column, csv_fields, format_cell  # noqa: F401
 from vispec_bench.results.records import SCHEMA_VERSION
@@ -124,7 +125,7 @@ def _throughput_ratio(s: dict, prefix: str = "") -> float:
 def _require_timings(method: str, s: dict) -> None:
     for name, who in (("t_m", method), ("t_ar", "ar")):
         if len(s[name]) and not s[name].sum() > 0:
-            raise ValueError(f"cannot compute a speedup for {method}: the decode time (decode_s) of every one of "
+            raise InputError(f"cannot compute a speedup for {method}: the decode time (decode_s) of every one of "
                              f"its {len(s[name])} paired sample(s) is 0 in the {who} records; expected positive "
                              "timings from a timed run")
 
