@@ -60,7 +60,7 @@ def diverge(record: dict, *, tie: bool, dtype_tie: bool | None = None) -> dict:
     equivalence = {"exact_match": False, "first_divergence": 3, "margin": 5e-5 if tie else 2.5, "numerical_tie": tie}
     if dtype_tie is not None:
         equivalence.update(dtype_tie=dtype_tie, referee={"verdict": "dtype_tie" if dtype_tie else "unexplained",
-                                                         "float32_margin": 1.7, "dtype_logit_error": 0.05})
+                                                         "float32_pair_gap": 1.7, "logit_error": 0.05})
     return {**record, "new_ids": ids, "equivalence": equivalence}
 
 
