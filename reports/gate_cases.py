@@ -41,6 +41,13 @@ def check(run_dir: Path, baseline: Path, *flags: str) -> tuple[int, str]:
     return done.returncode, (verdicts or lines[-1:] or [""])[0].strip()
 
 
+def write_baseline(run_dir: Path, path: Path) -> Path:
+    path.unlink(missing_ok=True)
+    subprocess.run([sys.executable, "-m", "vispec_bench", "check", str(run_dir), "--baseline", str(path),
+                    "--write-baseline"], check=True, stdout=subprocess.DEVNULL)
+    return path
+
+
 def edited_copy(source: Path, target: Path, edit) -> Path:
     """A copy of a run whose records pass through edit(record) -> record or None (dropped)."""
     shutil.rmtree(target, ignore_errors=True)
@@ -65,11 +72,8 @@ def diverge(record: dict, *, tie: bool, dtype_tie: bool | None = None) -> dict:
 
 
 def cases(work: Path) -> list[tuple[str, str, str, int, str]]:
-    base = run(work, "base", *METHODS, "--dtype", "float32", "--repeats", "5")
-    baseline = work / "baseline.json"
-    baseline.unlink(missing_ok=True)
-    subprocess.run([sys.executable, "-m", "vispec_bench", "check", str(base), "--baseline", str(baseline),
-                    "--write-baseline"], check=True, stdout=subprocess.DEVNULL)
+    baseline = write_baseline(run(work, "base", *METHODS, "--dtype", "float32", "--repeats", "5"),
+                              work / "baseline.json")
     same = run(work, "same", *METHODS, "--dtype", "float32", "--repeats", "3")
     samples = sorted({r["sample_id"] for r in map(json.loads, (same / "records.jsonl").read_text().splitlines())})
     rows = []
@@ -106,19 +110,13 @@ def cases(work: Path) -> list[tuple[str, str, str, int, str]]:
          edited_copy(same, work / "slow-repeat", slow_repeat))
 
     sampled = ["--temperature", "0.7", "--top-p", "1.0"]
-    base_t = run(work, "base-t07", *METHODS, "--dtype", "float32", "--repeats", "5", *sampled)
-    baseline_t = work / "baseline-t07.json"
-    baseline_t.unlink(missing_ok=True)
-    subprocess.run([sys.executable, "-m", "vispec_bench", "check", str(base_t), "--baseline", str(baseline_t),
-                    "--write-baseline"], check=True, stdout=subprocess.DEVNULL)
+    baseline_t = write_baseline(run(work, "base-t07", *METHODS, "--dtype", "float32", "--repeats", "5", *sampled),
+                                work / "baseline-t07.json")
     case("a correct lossless method at temperature 0.7", "real runs (baseline and run at T=0.7)", "0",
          run(work, "t07", *METHODS, "--dtype", "float32", "--repeats", "3", *sampled), baseline_t)
 
-    base_bf16 = run(work, "base-bf16", *METHODS, "--dtype", "bfloat16", "--repeats", "5")
-    baseline_bf16 = work / "baseline-bf16.json"
-    baseline_bf16.unlink(missing_ok=True)
-    subprocess.run([sys.executable, "-m", "vispec_bench", "check", str(base_bf16), "--baseline", str(baseline_bf16),
-                    "--write-baseline"], check=True, stdout=subprocess.DEVNULL)
+    baseline_bf16 = write_baseline(run(work, "base-bf16", *METHODS, "--dtype", "bfloat16", "--repeats", "5"),
+                                   work / "baseline-bf16.json")
     bf16 = run(work, "bf16", *METHODS, "--dtype", "bfloat16", "--repeats", "3")
     case("bf16 run as it came out (divergences, if any, judged by the float32 referee)", "real runs in bf16", "0",
          bf16, baseline_bf16)
