@@ -58,7 +58,7 @@ import torch
 from torch import nn
 
 from vispec_bench.errors import InputError
-from vispec_bench.drafts.checkpoints import DraftCheckpointError, load_matching, refuse_full_model
+from vispec_bench.drafts.checkpoints import DraftCheckpointError, load_matching
 from vispec_bench.drafts.vocab import BUFFER, set_token_map
 from methods.eagle2 import (Eagle2, Eagle2Options, Eagle2Proposer, EagleDraft, EagleTrainer, additive_mask,
                             causal_visible, published_config)
@@ -249,7 +249,6 @@ class ViSpec(Eagle2):
     def check_published(self, checkpoint, adapter, what: str) -> None:
         """The authors' layout: a config.json is required (the draft layer is built from it), and
         the adaptor's query count must be num_q."""
-        refuse_full_model(checkpoint, what)
         if not checkpoint.config.get("published_config"):
             raise DraftCheckpointError(
                 f"{what} has draft weights but no config.json: the authors' drafts ship one (hidden_size, "

@@ -137,9 +137,9 @@ def check_published(checkpoint: DraftCheckpoint, adapter, what: str, hidden_size
                     vocab_size: int | None = None) -> None:
     """Hidden size and vocabulary of a published draft against the target, from its config.json,
     its embed_tokens copy (if any) and the shapes the caller read (`hidden_size`, `vocab_size`).
-    Raises on a full-model checkpoint, on a mismatch, and when the vocabulary cannot be known."""
+    Raises on a mismatch, and when the vocabulary cannot be known (a full-model checkpoint was
+    refused before: refuse_full_model, called for every published layout by the loader)."""
     state, config = checkpoint.state_dict, checkpoint.config.get("published_config", {})
-    refuse_full_model(checkpoint, what)
     embed = state.get("embed_tokens.weight")
     sources = {"hidden_size": [("config.json", config.get("hidden_size")), ("its tensors", hidden_size),
                                ("embed_tokens", None if embed is None else embed.shape[1])],

@@ -131,7 +131,7 @@ class DraftMethod(Method):
 
     def load_draft_network(self, adapter):
         """The draft resolve() chose, on the target's device and dtype, in eval mode."""
-        from vispec_bench.drafts.checkpoints import check_target, load_draft
+        from vispec_bench.drafts.checkpoints import check_target, load_draft, refuse_full_model
 
         if self.resolved_draft is None:
             self.resolve({})  # prepared outside a run: the options alone decide
@@ -141,7 +141,9 @@ class DraftMethod(Method):
             checkpoint = load_draft(source)
             check_target(checkpoint, adapter, self.draft_kind, self.compatible_checkpoints)
             if checkpoint.layout == "published":
-                self.check_published(checkpoint, adapter, f"{self.name} draft {source} ({checkpoint.file})")
+                what = f"{self.name} draft {source} ({checkpoint.file})"
+                refuse_full_model(checkpoint, what)  # first, for every method: before its own checks
+                self.check_published(checkpoint, adapter, what)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.options.seed)
             draft = self.build_draft(adapter, checkpoint)
