@@ -122,8 +122,7 @@ class DraftMethod(Method):
             self.resolved_draft = {"path": None, "weights": None, "sha256": None, "source": "random"}
         elif requested:
             self.resolved_draft = draft_provenance(requested, source="option")
-        elif self.draft_kind in default_drafts or self.shipped_draft_of in default_drafts:
-            default = default_drafts.get(self.draft_kind) or default_drafts[self.shipped_draft_of]
+        elif (default := default_drafts.get(self.draft_kind) or default_drafts.get(self.shipped_draft_of)):
             self.resolved_draft = draft_provenance(default, source="model default")
         else:
             raise InputError(f"{self.name} needs a draft: --method-args {self.name}.draft=CHECKPOINT_DIR "
