@@ -60,28 +60,34 @@ def save_draft(directory: Path, state_dict: dict[str, torch.Tensor], config: dic
 PUBLISHED_FILES = ("model.safetensors", "pytorch_model.bin", "medusa_lm_head.safetensors", "medusa_lm_head.pt")
 
 
+def draft_weights_file(path: Path) -> Path:
+    """The file load_draft reads for a draft `path` (its directory, or a file in that directory):
+    ours first, then the published layouts in PUBLISHED_FILES order. Provenance hashes this file."""
+    if not path.exists():
+        raise DraftCheckpointError(f"draft checkpoint {str(path)!r} does not exist (train one with "
+                                   "`python -m vispec_bench train`, or pass draft=random for a smoke test)")
+    directory = path.parent if path.is_file() else path
+    for name in (WEIGHTS, *PUBLISHED_FILES):
+        if (directory / name).exists():
+            return directory / name
+    found = ", ".join(sorted(p.name for p in directory.iterdir())[:10]) or "nothing"
+    raise DraftCheckpointError(f"{directory} holds no draft weights: expected {WEIGHTS} or one of "
+                               f"{', '.join(PUBLISHED_FILES)}; found {found}")
+
+
 def load_draft(path: str | Path) -> DraftCheckpoint:
     from safetensors.torch import load_file
 
     from vispec_bench.drafts.published import read_published_config, resolve_draft_source
 
-    path = resolve_draft_source(path)
-    if not path.exists():
-        raise DraftCheckpointError(f"draft checkpoint {str(path)!r} does not exist (train one with "
-                                   "`python -m vispec_bench train`, or pass draft=random for a smoke test)")
-    if path.is_file():
-        path = path.parent
-    if (path / WEIGHTS).exists():
-        return DraftCheckpoint(load_file(str(path / WEIGHTS)), json.loads((path / CONFIG).read_text()), "vispec-bench",
-                               WEIGHTS)
-    for name in PUBLISHED_FILES:
-        if (path / name).exists():
-            state = (load_file(str(path / name)) if name.endswith(".safetensors")
-                     else torch.load(path / name, map_location="cpu", weights_only=True))
-            return DraftCheckpoint(state, {"published_config": read_published_config(path)}, "published", name)
-    found = ", ".join(sorted(p.name for p in path.iterdir())[:10]) or "nothing"
-    raise DraftCheckpointError(f"{path} holds no draft weights: expected {WEIGHTS} or one of {', '.join(PUBLISHED_FILES)}"
-                               f"; found {found}")
+    weights = draft_weights_file(resolve_draft_source(path))
+    if weights.name == WEIGHTS:
+        return DraftCheckpoint(load_file(str(weights)), json.loads((weights.parent / CONFIG).read_text()),
+                               "vispec-bench", WEIGHTS)
+    state = (load_file(str(weights)) if weights.suffix == ".safetensors"
+             else torch.load(weights, map_location="cpu", weights_only=True))
+    return DraftCheckpoint(state, {"published_config": read_published_config(weights.parent)}, "published",
+                           weights.name)
 
 
 def check_target(checkpoint: DraftCheckpoint, adapter, method: str, compatible: tuple[str, ...] = ()) -> None:
