@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from conftest import _WORK, easyvqa_samples, tiny_by_name
+from conftest import easyvqa_samples, tiny_by_name
 from suites.easyvqa import EasyVQA, question_facts
 from vispec_bench.drafts import tree_settings
 from vispec_bench.engine.acceptance import SamplingConfig
