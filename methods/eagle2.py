@@ -77,6 +77,11 @@ class EagleDraft(nn.Module):
         return out[0] if isinstance(out, tuple) else out  # older transformers return a tuple
 
 
+def draft_forward(draft, features, token_embeds, position_ids, attention_mask, cache):
+    """The draft's forward as a plain function: what the compiled engine compiles (one per method)."""
+    return draft(features, token_embeds, position_ids, attention_mask, cache)
+
+
 def additive_mask(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """bool [n, kv] (True = may attend) -> additive float mask [1, 1, n, kv]."""
     mask = torch.zeros(visible.shape, dtype=dtype, device=visible.device)
@@ -101,7 +106,7 @@ class Eagle2Options(DraftOptions):  # draft: ours or the EAGLE authors' layout
 
 class Eagle2Proposer(Proposer):
     def __init__(self, draft: EagleDraft, adapter, options: Eagle2Options, draft_head: torch.Tensor,
-                 tree: TreeSettings):
+                 tree: TreeSettings, step=None):
         self.draft = draft
         self.tree = tree
         self.embed = adapter.embed_tokens
@@ -109,6 +114,13 @@ class Eagle2Proposer(Proposer):
         self.token_map = token_map_of(draft)
         self.device, self.dtype = adapter.device, adapter.dtype
         self.options = options
+        self.engine = adapter.engine
+        self.step = step or draft_forward  # the draft's forward, compiled on the compiled engine
+        # Token counts of the draft's compiled forwards: a tree level (top_k nodes) and a decode
+        # round's accepted path + closing token (up to levels + 1), padded up to one of them.
+        self.draft_buckets = sorted({tree.top_k, tree.levels + 1}) if self.engine.compiled else []
+        self.max_verify_tokens = tree.draft_nodes + 1  # the engine's verify block (its compile bucket)
+        self.cache_slack = max(self.max_verify_tokens, tree.levels * tree.top_k + tree.levels + 1)
 
     # --- what ViSpec overrides ------------------------------------------------------------
     def prefill_pairs(self, prompt, prefill, first_token: int):
@@ -123,20 +135,47 @@ class Eagle2Proposer(Proposer):
 
     # --- the proposer ---------------------------------------------------------------------
     def start(self, adapter, prompt, prefill, first_token):
-        from transformers import DynamicCache
-
-        self.cache = DynamicCache()
+        self.cache = self.engine.new_cache(self.draft.config, key="draft")
+        self.cache_length = 0  # entries in the draft's cache (tracked here: no device read per round)
         self.pending = self.prefill_pairs(prompt, prefill, first_token)
+        self.pending_end = int(self.pending[2][-1]) + 1  # the position after the pending pairs
 
     def absorb(self, result):
         tokens = torch.tensor(result.path_tokens[1:] + [result.closing_token], device=self.device)
         positions = self.next_position + torch.arange(tokens.shape[0], device=self.device)
         self.pending = (result.path_hidden, self.embed(tokens), positions)
+        self.pending_end = self.next_position + tokens.shape[0]
 
-    def _run(self, features, token_embeds, positions, visible):
-        out = self.draft(self.transform_features(features, positions)[None], token_embeds[None], positions[None],
-                         additive_mask(visible, self.dtype), self.cache)
-        return out[0]  # [n, H]
+    def _run(self, features, token_embeds, positions, visible, **extra):
+        """The draft on n pairs appended to its cache (visible: bool [n, cache_length + n]) -> [n, H].
+
+        On the compiled engine a block of a compiled size (a tree level, a decode round) is
+        padded to its bucket (padding rows see only themselves and are cropped at once); other
+        blocks (the prompt's pairs) and calls with `extra` inputs run the draft eagerly."""
+        features = self.transform_features(features, positions)
+        num = positions.shape[0]
+        padded = next((b for b in self.draft_buckets if b >= num), None) if not extra else None
+        if padded is None:
+            out = self.draft(features[None], token_embeds[None], positions[None], self.engine.mask(visible, self.dtype),
+                             self.cache, **extra)[0]
+            self.cache_length += num
+            return out
+        pad = padded - num
+        if pad:
+            width = visible.shape[1]
+            grown = torch.zeros(padded, width + pad, dtype=torch.bool, device=visible.device)
+            grown[:num, :width] = visible
+            grown[num:, width:] = torch.eye(pad, dtype=torch.bool, device=visible.device)
+            visible = grown
+            features = torch.cat([features, features.new_zeros(pad, features.shape[1])])
+            token_embeds = torch.cat([token_embeds, token_embeds.new_zeros(pad, token_embeds.shape[1])])
+            positions = torch.cat([positions, positions[-1:].expand(pad)])
+        out = self.step(self.draft, features[None], token_embeds[None], positions[None],
+                        self.engine.mask(visible, self.dtype), self.cache)[0]
+        if pad:
+            self.cache.crop(-pad)
+        self.cache_length += num
+        return out[:num]
 
     def _top(self, hidden, k: int):
         """(log-probabilities, target token ids) of the draft's k best tokens, along the last dim."""
@@ -147,19 +186,20 @@ class Eagle2Proposer(Proposer):
     @torch.no_grad()
     def propose(self, emitted, budget):
         features, token_embeds, positions = self.pending
-        committed = self.cache.get_seq_length()
+        committed = self.cache_length
         out = self._run(features, token_embeds, positions, causal_visible(len(positions), committed, self.device))
-        self.next_position = int(positions[-1]) + 1
-        committed = self.cache.get_seq_length()
+        self.next_position = self.pending_end
+        committed = self.cache_length
         levels = min(self.tree.levels, budget - 1)  # depth + 1 levels (reference convention)
         if levels < 1:
             return None
         try:
             return self._grow_tree(out[-1], committed, levels)
         finally:
-            appended = self.cache.get_seq_length() - committed
+            appended = self.cache_length - committed
             if appended:
                 self.cache.crop(-appended)
+                self.cache_length = committed
 
     def _grow_tree(self, root_feature, committed: int, levels: int) -> DraftTree:
         k = self.tree.top_k
@@ -209,6 +249,7 @@ class Eagle2(DraftMethod, DraftTraining):
         self.draft_head = head_weight(adapter.lm_head.weight, token_map_of(self.draft))
         self.tree, self.tree_choice = tree_settings.resolve(opts.depth, opts.top_k, opts.total_token, adapter.device,
                                                           measure=lambda: self._measure_costs(adapter))
+        self.draft_step = adapter.engine.compile(draft_forward)
 
     def _measure_costs(self, adapter):
         """(target verify costs, seconds per draft level) for total_token=-1."""
@@ -229,7 +270,7 @@ class Eagle2(DraftMethod, DraftTraining):
         return self.tree_choice
 
     def make_proposer(self, adapter, context):
-        return self.proposer_class(self.draft, adapter, self.options, self.draft_head, self.tree)
+        return self.proposer_class(self.draft, adapter, self.options, self.draft_head, self.tree, self.draft_step)
 
     def make_trainer(self, draft: nn.Module, lm_head: nn.Module):
         return EagleTrainer(draft, lm_head, self.options)

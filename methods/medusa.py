@@ -129,6 +129,7 @@ class MedusaProposer(Proposer):
         self.depth_of = torch.tensor([len(p) - 1 for p in paths], device=self.device)  # head of each node
         self.rank_of = torch.tensor([p[-1] for p in paths], device=self.device)
         self.max_rank = max(p[-1] for p in paths) + 1
+        self.max_verify_tokens = len(paths) + 1  # a static tree: always this size (root included)
         if options.typical:
             self.acceptance_rule = functools.partial(accept_typical, epsilon=options.typical_epsilon,
                                                      delta=options.typical_delta)

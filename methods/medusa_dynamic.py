@@ -45,6 +45,7 @@ class MedusaDynamicOptions(MedusaOptions):
 class MedusaDynamicProposer(MedusaProposer):
     def __init__(self, heads, adapter, tree: tree_settings.TreeSettings, options, draft_head):
         self.heads, self.draft_head, self.device, self.tree = heads, draft_head, adapter.device, tree
+        self.max_verify_tokens = tree.draft_nodes + 1
         if options.typical:  # lossy, labelled so (Medusa.is_lossless)
             self.acceptance_rule = functools.partial(accept_typical, epsilon=options.typical_epsilon,
                                                      delta=options.typical_delta)

@@ -30,6 +30,7 @@ class OracleProposer(Proposer):
         self.depth = depth
         self.wrong = wrong
         self.vocab_size = vocab_size
+        self.max_verify_tokens = depth + 1
 
     def propose(self, emitted, budget):
         position = len(emitted)

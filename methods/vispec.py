@@ -185,12 +185,11 @@ class ViSpecProposer(Eagle2Proposer):
     def transform_features(self, features, positions):
         return fuse_global(self.draft, features, positions, self.global_features, self.fusion_starts)
 
-    def _run(self, features, token_embeds, positions, visible):
+    def _run(self, features, token_embeds, positions, visible, **extra):
         # Only the prompt's pairs hold compressed tokens; tree nodes and decode rounds are plain pairs.
-        direct = self.prompt_direct[None] if features is self.prompt_features else None
-        out = self.draft(self.transform_features(features, positions)[None], token_embeds[None], positions[None],
-                         additive_mask(visible, self.dtype), self.cache, direct=direct)
-        return out[0]
+        if features is self.prompt_features:
+            extra = {**extra, "direct": self.prompt_direct[None]}
+        return super()._run(features, token_embeds, positions, visible, **extra)
 
     def absorb(self, result):
         self.prompt_features = self.prompt_direct = None

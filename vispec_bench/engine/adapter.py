@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from vispec_bench.engine.engines import DEFAULT_VERIFY_SLACK, Engine
 from vispec_bench.errors import InputError, UserError
 
 
@@ -62,7 +63,7 @@ class TargetAdapter:
 
     family = "llava"
 
-    def __init__(self, model, processor):
+    def __init__(self, model, processor, engine: Engine | None = None):
         self.model = model
         self.processor = processor
         self.config = model.config
@@ -77,9 +78,13 @@ class TargetAdapter:
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.eos_token_ids = self._eos_token_ids()
         self.image_token_id = self._check_image_token_id() if self.is_vlm else None
+        self.engine = engine or Engine("eager", self.device)
         self.cache = None
+        self._length = 0  # entries in the cache (tracked here: a static cache's own count is a device tensor)
+        self._appended = 0  # entries the last forward appended (its block padded to the engine's bucket)
         self._captured: dict = {}
         self._position_offset = 0
+        self._step = self.engine.compile(self._decode_step)  # the verify/decode forward, compiled on `compiled`
 
     # --- identity -------------------------------------------------------------------------
     @property
@@ -159,20 +164,20 @@ class TargetAdapter:
     # --- cache ----------------------------------------------------------------------------
     @property
     def cache_length(self) -> int:
-        return 0 if self.cache is None else self.cache.get_seq_length()
+        return self._length
 
-    def _new_cache(self):
-        from transformers import DynamicCache
+    def reserve(self, tokens: int) -> None:
+        """Static engines: room for `tokens` cache entries (prompt + token cap + verify block)."""
+        self.engine.reserve(tokens)
 
-        return DynamicCache()
-
-    def commit(self, keep: list[int], num_appended: int) -> None:
+    def commit(self, keep: list[int], num_appended: int | None = None) -> None:
         """Keep `keep` (ascending indices into the last forward's tokens), drop the rest.
 
-        The last forward appended `num_appended` entries after `past`; the accepted path is
-        moved to the front of that block, then the tail is cropped.
+        The last forward appended its block (padded to its bucket on a compiled engine) after
+        `past`; the accepted path is moved to the front of that block, then the tail is cropped.
         """
-        past = self.cache_length - num_appended
+        num_appended = self._appended
+        past = self._length - num_appended
         num_keep = len(keep)
         if keep != list(range(num_keep)):
             index = torch.tensor(keep, device=self.device) + past
@@ -181,11 +186,14 @@ class TargetAdapter:
                 layer.values[..., past:past + num_keep, :] = layer.values[..., index, :]
         if num_appended > num_keep:
             self.cache.crop(-(num_appended - num_keep))  # negative = tokens to drop (works on 5.17 and 5.23)
+        self._length = past + num_keep
+        self._appended = 0
 
     # --- forwards -------------------------------------------------------------------------
     @torch.no_grad()
     def prefill(self, prompt: PreparedPrompt) -> PrefillOutput:
-        self.cache = self._new_cache()
+        self.engine.reserve(len(prompt.input_ids) + DEFAULT_VERIFY_SLACK)
+        self.cache = self.engine.new_cache(self.text_config)
         self._captured = {}
         handle = self.decoder.register_forward_pre_hook(self._capture_decoder_inputs, with_kwargs=True)
         try:
@@ -201,6 +209,7 @@ class TargetAdapter:
         if prompt.num_images:
             image_embeds = input_embeds[prompt.input_ids == self.image_token_id]  # [num_image_tokens, H]
         self._position_offset = self._offset_from_prefill_positions(len(prompt.input_ids))
+        self._length, self._appended = len(prompt.input_ids), 0
         return PrefillOutput(logits, hidden, input_embeds, image_embeds, self._position_offset)
 
     def _capture_decoder_inputs(self, module, args, kwargs):
@@ -225,9 +234,12 @@ class TargetAdapter:
         hidden states [n, H].
         """
         num_tokens = token_ids.shape[0]
-        past = self.cache_length
+        past = self._length
         if depths is None:
             depths = torch.arange(num_tokens, device=self.device)
+        if self.engine.static:
+            logits_out, hidden = self._static_forward(token_ids, depths, ancestor_mask, past)
+            return (logits_out if logits else None), hidden
         attention_mask = None
         if ancestor_mask is not None and num_tokens > 1:
             # 4-D additive mask [1, 1, n, past + n]: every token sees the whole cache, and within
@@ -236,8 +248,40 @@ class TargetAdapter:
             attention_mask[0, 0, :, past:].masked_fill_(~ancestor_mask, torch.finfo(self.dtype).min)
         out = self.decoder(input_ids=token_ids[None], position_ids=self.position_ids(past + depths),
                            attention_mask=attention_mask, past_key_values=self.cache, use_cache=True)
+        self._length += num_tokens
+        self._appended = num_tokens
         hidden = out.last_hidden_state[0]  # [n, H]
         return (self.lm_head(hidden).float() if logits else None), hidden
+
+    def _static_forward(self, token_ids, depths, ancestor_mask, past: int):
+        """The block padded to its bucket (compiled engine), with a mask over the whole capacity:
+        the cache up to `past`, the block's own ancestors (causal when none given); a padding row
+        sees only itself and its logits are dropped."""
+        num_tokens = token_ids.shape[0]
+        padded = self.engine.bucket(num_tokens)
+        pad = padded - num_tokens
+        block = ancestor_mask if ancestor_mask is not None else torch.ones(
+            num_tokens, num_tokens, dtype=torch.bool, device=self.device).tril()
+        visible = torch.zeros(padded, past + padded, dtype=torch.bool, device=self.device)
+        visible[:, :past] = True
+        visible[:num_tokens, past:past + num_tokens] = block
+        if pad:
+            visible[num_tokens:, past + num_tokens:] = torch.eye(pad, dtype=torch.bool, device=self.device)
+            visible[num_tokens:, :past] = True
+            token_ids = torch.cat([token_ids, token_ids.new_zeros(pad)])
+            depths = torch.cat([depths, depths.new_zeros(pad)])
+        logits, hidden = self._step(token_ids[None], self.position_ids(past + depths),
+                                    self.engine.mask(visible, self.dtype))
+        self._length += padded
+        self._appended = padded
+        return logits[:num_tokens], hidden[:num_tokens]
+
+    def _decode_step(self, token_ids, position_ids, attention_mask):
+        """One decoder forward on the static cache: float32 logits [n, V] and hidden states [n, H]."""
+        out = self.decoder(input_ids=token_ids, position_ids=position_ids, attention_mask=attention_mask,
+                           past_key_values=self.cache, use_cache=True)
+        hidden = out.last_hidden_state[0]
+        return self.lm_head(hidden).float(), hidden
 
     @torch.no_grad()
     def teacher_forced_logits(self, prompt: PreparedPrompt, new_ids: list[int]) -> torch.Tensor:
@@ -268,7 +312,10 @@ class Qwen25VLAdapter(TargetAdapter):
         return (positions + self._position_offset).view(1, 1, -1).expand(3, 1, -1)
 
 
-def make_adapter(model, processor) -> TargetAdapter:
+def make_adapter(model, processor, engine: Engine | str = "eager") -> TargetAdapter:
+    """The adapter for the model's family, running its forwards on `engine` (a name or an Engine)."""
+    if isinstance(engine, str):
+        engine = Engine(engine, next(model.parameters()).device)
     if type(model).__name__.startswith("Qwen2_5_VL"):
-        return Qwen25VLAdapter(model, processor)
-    return TargetAdapter(model, processor)
+        return Qwen25VLAdapter(model, processor, engine)
+    return TargetAdapter(model, processor, engine)

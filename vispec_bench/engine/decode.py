@@ -17,6 +17,7 @@ import torch
 from vispec_bench.errors import InputError
 from vispec_bench.engine.acceptance import SamplingConfig, accept, first_token
 from vispec_bench.engine.adapter import PreparedPrompt, TargetAdapter
+from vispec_bench.engine.engines import DEFAULT_VERIFY_SLACK, compiled_graphs
 from vispec_bench.engine.proposer import EmittedIds, Proposer, RoundResult
 from vispec_bench.running.instruments import NULL_PHASE_TIMER, NullPhaseTimer, PhaseTimer, synchronize
 
@@ -29,6 +30,7 @@ class DecodeResult:
     prefill_s: float = 0.0  # vision encoder + prompt forward + first token
     decode_s: float = 0.0  # everything after the first token (draft prefill included)
     stop_reason: str = ""  # "eos" or "max_new_tokens"
+    compiles: int = 0  # graphs compiled during this decode (timed): > 0 means compile time is in decode_s
 
     @property
     def num_rounds(self) -> int:
@@ -47,6 +49,14 @@ def decode(adapter: TargetAdapter, prompt: PreparedPrompt, proposer: Proposer | 
     device = adapter.device
     generator = None if sampling.greedy else torch.Generator(device=device).manual_seed(seed)
     eos = set(adapter.eos_token_ids)
+    # Static engines: cache room for the prompt, the cap and the largest block a round appends
+    # (a no-op once the runner has reserved for its largest prompt); compiled: the verify sizes.
+    slack = max(proposer.max_verify_tokens or DEFAULT_VERIFY_SLACK, proposer.cache_slack) if proposer else 1
+    adapter.reserve(int(prompt.input_ids.shape[0]) + max_new_tokens + slack)
+    adapter.engine.register_bucket(1)
+    if proposer is not None and proposer.max_verify_tokens:
+        adapter.engine.register_bucket(proposer.max_verify_tokens)
+    graphs_before = compiled_graphs()
 
     synchronize(device)
     t_start = time.perf_counter()
@@ -59,6 +69,7 @@ def decode(adapter: TargetAdapter, prompt: PreparedPrompt, proposer: Proposer | 
     if emitted[0] in eos or max_new_tokens == 1:
         result.stop_reason = "eos" if emitted[0] in eos else "max_new_tokens"
         result.prefill_s = t_first - t_start
+        result.compiles = compiled_graphs() - graphs_before
         return result
     rule = accept
     emitted_view = EmittedIds(emitted)  # proposers read the output through it, never change it
@@ -108,4 +119,5 @@ def decode(adapter: TargetAdapter, prompt: PreparedPrompt, proposer: Proposer | 
     t_end = time.perf_counter()
     result.prefill_s = t_first - t_start
     result.decode_s = t_end - t_first
+    result.compiles = compiled_graphs() - graphs_before
     return result

@@ -52,9 +52,14 @@ class Proposer:
     """Base class. One instance decodes one sample; the method builds a fresh one per sample.
 
     `acceptance_rule` is a rule from vispec_bench.engine.acceptance; None means the lossless rule.
+    `max_verify_tokens`: the largest verify block (root included) it proposes, if known: the
+    compiled engine compiles that size before timing. `cache_slack`: cache entries beyond the
+    prompt and the token cap that its forwards may append at once (a static cache is sized with it).
     """
 
     acceptance_rule = None
+    max_verify_tokens: int | None = None
+    cache_slack: int = 0
 
     def start(self, adapter: TargetAdapter, prompt: PreparedPrompt, prefill: PrefillOutput, first_token: int) -> None:
         """Called once after the target's prefill, inside the decode timing."""
