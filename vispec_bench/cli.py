@@ -156,6 +156,23 @@ def cmd_check(args) -> int:
                      write=args.write_baseline, strict=args.strict)
 
 
+def cmd_roofline(args) -> int:
+    from vispec_bench.engine.engines import check_engine
+    from vispec_bench.running.roofline import format_roofline, roofline
+
+    engines = [check_engine(e.strip()) for e in args.engines.split(",") if e.strip()]
+    result = roofline(args.model, [d.strip() for d in args.dtypes.split(",")], engines, args.device,
+                      tokens=args.tokens, repeats=args.repeats)
+    text = format_roofline(result)
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "roofline.json").write_text(json.dumps(result, indent=1))
+        (out / "roofline.md").write_text(f"`{' '.join(['python -m vispec_bench', *sys.argv[1:]])}`\n\n{text}\n")
+    return 0
+
+
 def cmd_testbed_build(args) -> int:
     from vispec_bench.models.loading import resolve_device
     from vispec_bench.models.testbed.build import build
@@ -199,6 +216,17 @@ def build_parser() -> argparse.ArgumentParser:
     p_check.add_argument("--write-baseline", action="store_true", help="create or update the baseline from the run")
     p_check.add_argument("--strict", action="store_true", help="also fail when entries are not comparable")
     p_check.set_defaults(func=cmd_check)
+
+    p_roof = sub.add_parser("roofline", help="AR ms/token per engine and dtype against the weight-read floor "
+                                              "(weight bytes / measured memory bandwidth), and a forward's profile")
+    p_roof.add_argument("--model", default="testbed")
+    p_roof.add_argument("--dtypes", default="float32,bfloat16", help="comma list")
+    p_roof.add_argument("--engines", default="eager,static,compiled", help="comma list")
+    p_roof.add_argument("--device", default="auto")
+    p_roof.add_argument("--tokens", type=int, default=48, help="decode steps timed per repeat")
+    p_roof.add_argument("--repeats", type=int, default=3)
+    p_roof.add_argument("--out", default=None, help="directory for roofline.json and roofline.md")
+    p_roof.set_defaults(func=cmd_roofline)
 
     from vispec_bench.running.config import BuildConfig, GenDataConfig, TrainConfig  # torch-free
 

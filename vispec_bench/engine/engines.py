@@ -126,6 +126,13 @@ class Engine:
         if not self.compiled:
             return function
         mode = "reduce-overhead" if self.device.type == "cuda" else None
+        # Each (network, bucket) is one cached graph of the same Python function; past dynamo's
+        # default limit (8) it would silently run the function eagerly. Raise the limit, and make
+        # hitting it an error rather than an eager run reported as compiled.
+        config = torch._dynamo.config
+        config.cache_size_limit = max(config.cache_size_limit, 64)
+        config.accumulated_cache_size_limit = max(config.accumulated_cache_size_limit, 1024)
+        config.fail_on_cache_limit_hit = True
         compiled = torch.compile(function, dynamic=False, mode=mode, backend=self.backend)
 
         def call(*args, **kwargs):
