@@ -277,3 +277,34 @@ def test_propose_costs_well_under_a_millisecond_on_a_300_token_context():
             costs.append(time.perf_counter() - start)
         costs.sort()
         assert costs[len(costs) // 2] < 0.15e-3, (branches, costs[len(costs) // 2])  # measured ~20-40 us; a torch search per round ~300 us
+
+
+# --- the benchmark script's bookkeeping (reports/ngram_vs_hf.py; its run is the lead's) ----------
+
+def test_benchmark_summary_counts_forwards_ids_and_ratios(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "reports" / "ngram_vs_hf.py"
+    spec = importlib.util.spec_from_file_location("ngram_vs_hf", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def arm(ids, forwards, wall):
+        return {"ids": ids, "tokens": len(ids), "forwards": forwards, "wall_s": wall}
+
+    rows = [{"arms": {"ours-ar": arm([1, 2, 3, 4], 4, 4.0), "ours-ngram": arm([1, 2, 3, 4], 2, 2.0),
+                      "hf-lookup": arm([1, 2, 3, 4], 2, 4.0), "hf-greedy": arm([1, 2, 3, 4], 4, 4.0)}},
+            {"arms": {"ours-ar": arm([5, 6], 2, 2.0), "ours-ngram": arm([5, 6], 2, 2.0),
+                      "hf-lookup": arm([5, 7], 1, 2.0), "hf-greedy": arm([5, 6], 2, 2.0)}}]
+    summary = bench.summarise(rows)
+    assert summary["arms"]["ours-ngram"]["tau"] == 6 / 4 and summary["arms"]["hf-lookup"]["tau"] == 6 / 3
+    assert summary["ratios"]["ours-ngram / hf-lookup"]["speed"] == (6 / 4) / (6 / 6)
+    assert summary["checks"]["ours-ngram = hf-lookup"] == 1 and summary["checks"]["ours-ar = hf-greedy"] == 2
+    assert summary["checks"]["same forwards, ours-ngram and hf-lookup"] == 1
+    settings = {"command": "x", "model": "m", "dtype": "float32", "seed": 0, "max_new_tokens": 4, "num_draft": 10,
+                "max_ngram": 2, "warmup": 1}
+    environment = {"device_name": "cpu", "packages": {"torch": "t", "transformers": "t"}, "git": {}}
+    bench.write_markdown(tmp_path / "README.md", summary, settings, environment)
+    text = (tmp_path / "README.md").read_text()
+    assert "| ours-ngram / hf-lookup | 1.500 |" in text and "same number of target forwards on 1/2" in text
