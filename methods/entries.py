@@ -11,6 +11,8 @@ ENTRIES = [
     Entry("ar", "methods.ar:AR", "plain autoregressive decoding: the baseline every method is timed against"),
     Entry("oracle", "methods.oracle:Oracle",
           "diagnostic: proposes AR's own continuation, the engine's ceiling for a tree depth"),
+    Entry("ngram", "methods.ngram:Ngram",
+          "prompt lookup: copies what followed the context's last n-gram earlier on (no draft network; HF's defaults)"),
     Entry("eagle2", "methods.eagle2:Eagle2",
           "EAGLE-2: one-layer feature draft + dynamic tree (depth/top_k/total_token as in EAGLE's code)"),
     Entry("vispec", "methods.vispec:ViSpec",
