@@ -53,6 +53,9 @@ class NgramProposer(Proposer):
 
     def __init__(self, options: NgramOptions, eos_token_ids, image_token_id: int | None):
         self.options = options
+        # The largest verify block (root included): the compiled engine compiles it before timing
+        # and pads shorter chains up to it.
+        self.max_verify_tokens = options.num_draft * options.num_branches + 1
         self.sizes = range(options.min_ngram, options.max_ngram + 1)
         self.stops = frozenset(eos_token_ids) | ({image_token_id} if image_token_id is not None else frozenset())
         self.image_token_id = image_token_id

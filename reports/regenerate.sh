@@ -9,6 +9,8 @@
 #   reports/regenerate.sh tiny-llava-drafts   # train the tiny-llava drafts, then their runs
 #   reports/regenerate.sh sample-tiny-llava   # needs the drafts of tiny-llava-drafts ($WORK/rd)
 #   reports/regenerate.sh baseline            # reports/baseline.json from 5 repeats of the CI gate runs
+#   reports/regenerate.sh engines-cpu         # eager / static / compiled, float32 and bfloat16, + roofline
+#   reports/regenerate.sh ngram-vs-hf         # our ngram against HF's prompt lookup, same process
 #
 # Runs and drafts go to $WORK (default /tmp/vispec-regenerate). Timings are only meaningful on a
 # machine doing nothing else: run it alone.
@@ -76,6 +78,24 @@ sample_tiny_llava() {
   python -m vispec_bench report "$WORK/sample-tiny-llava" --out reports/sample-tiny-llava
 }
 
+engines_cpu() {
+  # AR and every method on each engine, interleaved per sample, float32 then bfloat16; then the
+  # physical reference (AR ms/token against weight bytes / measured bandwidth) and a forward's profile.
+  fresh engines-cpu
+  for dtype in float32 bfloat16; do
+    python -m vispec_bench run --model testbed --methods ngram,medusa,eagle2,vispec --engines eager,static,compiled \
+      --suite easyvqa --prompt-mode long --limit ${ENGINE_SAMPLES:-10} --max-new-tokens 64 --dtype $dtype \
+      --device cpu --no-progress --out "$WORK/engines-cpu" --run-id "engines-$dtype"
+  done
+  python -m vispec_bench report "$WORK/engines-cpu" --out reports/engines-cpu
+  python -m vispec_bench roofline --model testbed --dtypes float32,bfloat16 --engines eager,static,compiled \
+    --device cpu --out reports/engines-cpu
+}
+
+ngram_vs_hf() {
+  python reports/ngram_vs_hf.py --model testbed --limit ${NGRAM_SAMPLES:-12} --max-new-tokens 128
+}
+
 baseline() {
   # The two gate runs of .ci/run with 5 repeats (a baseline measures its noise from >= 5).
   rm -rf "$WORK/ci"
@@ -93,6 +113,9 @@ case "${1:-all}" in
   tiny-llava-drafts) tiny_llava_drafts ;;
   sample-tiny-llava) sample_tiny_llava ;;
   baseline) baseline ;;
-  all) testbed_cpu; tiny_llava_drafts; sample_tiny_llava; baseline ;;
-  *) echo "usage: $0 [all|testbed-cpu|tiny-llava-drafts|sample-tiny-llava|baseline]" >&2; exit 2 ;;
+  engines-cpu) engines_cpu ;;
+  ngram-vs-hf) ngram_vs_hf ;;
+  all) testbed_cpu; tiny_llava_drafts; sample_tiny_llava; baseline; engines_cpu; ngram_vs_hf ;;
+  *) echo "usage: $0 [all|testbed-cpu|tiny-llava-drafts|sample-tiny-llava|baseline|engines-cpu|ngram-vs-hf]" >&2
+     exit 2 ;;
 esac
