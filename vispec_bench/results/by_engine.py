@@ -105,13 +105,14 @@ def summary_lines(summary: dict) -> list[str]:
                      "'vs best AR' divides by it")
     for engine, settings in (summary.get("engine_settings") or {}).items():
         if settings.get("warmup_compile_s"):
-            lines.append(f"{engine}: {settings['warmup_compile_s']:.1f} s compiling in {settings['warmups']} warm-up(s) "
-                         f"(untimed), cache capacity {settings.get('cache_capacity')}, sizes {settings.get('buckets')}")
+            lines.append(f"{engine}: {settings['warmup_compile_s']:.1f} s compiling in {settings['warmups']} "
+                         f"warm-up(s) (untimed), cache capacity {settings.get('cache_capacity')}, sizes "
+                         f"{settings.get('buckets')}")
     for engine, found in (summary.get("ar_agreement") or {}).items():
         divergent = found["divergent"]
-        lines.append(f"AR on {engine} vs AR on {found['reference']}: {found['exact_match']}/{found['compared']} records "
-                     "with identical ids" + (f"; divergent: {' '.join(divergent)} ({found['ties']} tie(s))"
-                                             if divergent else ""))
+        lines.append(f"AR on {engine} vs AR on {found['reference']}: {found['exact_match']}/{found['compared']} "
+                     "records with identical ids" + (f"; divergent: {' '.join(divergent)} ({found['ties']} tie(s))"
+                                                     if divergent else ""))
     for item in summary.get("recompiled") or []:
         lines.append(f"recompiled: {item['method']} on {item['engine']} sample {item['sample_id']} repeat "
                      f"{item['repeat']}: {item['why']}")

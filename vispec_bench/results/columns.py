@@ -79,8 +79,8 @@ COLUMNS: tuple[Column, ...] = (
     _c("mean_accepted_length_excl_bonus", "τ−1", "{:.2f}", "τ − 1, the ViSpec/MMSpec table convention",
        table=True),
     _c("speedup_decode", "speedup (decode)", "{:.2f}x", "per-token decode speedup over AR on the same engine: "
-       "(Σ tokens_method / Σ t_method) ÷ (Σ tokens_AR / Σ t_AR) over the paired records; tokens and time after the first token; equals "
-       "Σ t_AR / Σ t_method when the ids match", ci=True, cli=True, table=True),
+       "(Σ tokens_method / Σ t_method) ÷ (Σ tokens_AR / Σ t_AR) over the paired records; tokens and time after "
+       "the first token; equals Σ t_AR / Σ t_method when the ids match", ci=True, cli=True, table=True),
     _c("speedup_e2e", "speedup (e2e)", "{:.2f}x", "the same per-token ratio end to end (vision encoder, prefill "
        "and first token included)", ci=True, cli=True, table=True),
     _c("speedup_decode_vs_best_ar", "vs best AR (decode)", "{:.2f}x", "the per-token decode speedup against AR "
