@@ -56,6 +56,7 @@ EXTRA_SCORE_LABELS = {"names_shape_or_color": "names_shape/color"}
 def format_summary(summary: dict) -> str:
     """The CLI table: the columns marked `cli` in the column table (intervals in brackets), then the
     suite's extra scores, then any unpaired records, named."""
+    from vispec_bench.results import by_engine
     from vispec_bench.results.columns import COLUMNS, format_cell
     from vispec_bench.results.metrics import summary_rows
 
@@ -74,9 +75,10 @@ def format_summary(summary: dict) -> str:
              "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     lines += ["| " + " | ".join(v.ljust(w) for v, w in zip(r, widths)) + " |" for r in rows]
     for u in summary.get("unpaired", []):
-        lines.append(f"unpaired: {u['method']} sample {u['sample_id']} repeat {u['repeat']}: {u['why']} "
+        on = f" on {u['engine']}" if len(summary.get("engines") or []) > 1 else ""
+        lines.append(f"unpaired: {u['method']}{on} sample {u['sample_id']} repeat {u['repeat']}: {u['why']} "
                      "(excluded from every figure)")
-    return "\n".join(lines)
+    return "\n".join(lines + by_engine.summary_lines(summary))
 
 
 def run_config_from_args(args):

@@ -65,12 +65,15 @@ class Method:
             described["draft"] = dict(self.resolved_draft)
         return described
 
-    def config_hash(self) -> str:
-        """Identifies the method's code path, options and draft: records with different hashes are
-        not comparable. A draft counts by its content (sha256), not by where this machine keeps it."""
+    def config_hash(self, engine: str = "eager") -> str:
+        """Identifies the method's code path, options, draft and engine: records with different
+        hashes are not comparable. A draft counts by its content (sha256), not by where this machine
+        keeps it. The default engine (eager) adds nothing, so hashes from before engines existed hold."""
         described = self.describe()
         if "draft" in described:
             described["draft"] = {k: v for k, v in described["draft"].items() if k != "path"}
+        if engine != "eager":
+            described["engine"] = engine
         blob = json.dumps(described, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 

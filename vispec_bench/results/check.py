@@ -1,10 +1,12 @@
 """`check`: compare a run (or a report) with a stored baseline; exit 1 on a regression.
 
 Like asv's compare step: figures from different code or settings are "not comparable", never
-compared. An entry is keyed by (model, suite, method, dtype) and carries every column marked
+compared. An entry is keyed by (model, suite, method, dtype, engine) and carries every column marked
 `comparable` in the column table (vispec_bench/results/columns.py): model and draft identity,
 the method's config hash, suite source, the sample ids actually finished, prompt mode,
 sampling, token cap, dtype, device, engine, warm-up. Differing versions are shown, not refused.
+An entry or row without an engine (written before engines existed) ran on eager; the method's
+config hash covers the engine too, so a compiled run is never compared with an eager baseline.
 
 Rules, per entry:
 - exact match (temperature 0, lossless methods, any dtype): every paired record must match AR
@@ -52,8 +54,23 @@ def load_rows(path: str | Path) -> list[dict]:
     return [{k: row.get(k) for k in csv_fields()} for row in rows]
 
 
+def engine_of(row: dict) -> str:
+    return row.get("engine") or "eager"
+
+
 def entry_key(row: dict) -> str:
-    return "|".join(str(row[k]) for k in ("model", "suite", "method", "dtype"))
+    return "|".join([*(str(row[k]) for k in ("model", "suite", "method", "dtype")), engine_of(row)])
+
+
+def _value(row: dict, column: str):
+    return engine_of(row) if column == "engine" else row.get(column)
+
+
+def _entries(baseline: dict) -> dict:
+    """The baseline's entries keyed by entry_key: an entry written before engines existed (key
+    model|suite|method|dtype, no engine field) is the eager entry."""
+    return {entry_key(entry) if all(k in entry for k in ("model", "suite", "method", "dtype")) else f"{key}|eager":
+            entry for key, entry in baseline["entries"].items()}
 
 
 def write_baseline(rows: list[dict], baseline_path: Path) -> dict:
@@ -63,6 +80,7 @@ def write_baseline(rows: list[dict], baseline_path: Path) -> dict:
         raise InputError(f"a baseline measures its noise from >= {MIN_BASELINE_REPEATS} repeats; these entries have "
                          f"fewer: {', '.join(short)}. Re-run with --repeats {MIN_BASELINE_REPEATS} or more")
     baseline = json.loads(baseline_path.read_text()) if baseline_path.exists() else {"entries": {}}
+    baseline["entries"] = _entries(baseline)
     baseline["version"] = BASELINE_VERSION
     for row in rows:
         baseline["entries"][entry_key(row)] = row
@@ -94,20 +112,21 @@ def _exact_match_finding(key: str, row: dict) -> dict | None:
 def compare(rows: list[dict], baseline: dict, max_speedup_drop: float, max_tau_drop: float) -> list[dict]:
     """Findings per (entry, metric): verdict ok | regression | improved | not comparable | new | missing."""
     findings = []
+    entries = _entries(baseline)
     for row in rows:
         key = entry_key(row)
         exact = _exact_match_finding(key, row)
         if exact:
             findings.append(exact)
-        base = baseline["entries"].get(key)
+        base = entries.get(key)
         if base is None:
             findings.append(_finding(key, "-", None, None, "new", "no baseline entry"))
             continue
-        changed = [k for k in COMPARABILITY if base.get(k) != row.get(k)]
+        changed = [k for k in COMPARABILITY if _value(base, k) != _value(row, k)]
         versions = "" if base.get("versions") == row.get("versions") else \
             f"versions differ: {base.get('versions')} -> {row.get('versions')}"
         if changed:
-            note = "; ".join(f"{k}: {base.get(k)} -> {row.get(k)}" for k in changed)
+            note = "; ".join(f"{k}: {_value(base, k)} -> {_value(row, k)}" for k in changed)
             findings.append(_finding(key, "-", None, None, "not comparable", "; ".join(filter(None, [note, versions]))))
             continue
         if row["method"] == "ar":
@@ -116,9 +135,9 @@ def compare(rows: list[dict], baseline: dict, max_speedup_drop: float, max_tau_d
         findings.append(_relative_finding(key, "mean_accepted_length", base["mean_accepted_length"],
                                           row["mean_accepted_length"], max_tau_drop))
     present = {entry_key(r) for r in rows}
-    groups = {(r["model"], r["suite"], r["dtype"]) for r in rows}
-    for key, base in baseline["entries"].items():
-        if key not in present and (base.get("model"), base.get("suite"), base.get("dtype")) in groups:
+    groups = {(r["model"], r["suite"], r["dtype"], engine_of(r)) for r in rows}
+    for key, base in entries.items():
+        if key not in present and (base.get("model"), base.get("suite"), base.get("dtype"), engine_of(base)) in groups:
             findings.append(_finding(key, "-", None, None, "missing", "in the baseline, not in this run"))
     return findings
 

@@ -57,19 +57,20 @@ COLUMNS: tuple[Column, ...] = (
     _c("max_new_tokens", "cap", "{}", "token cap, the same for every method", "int", comparable=True),
     _c("dtype", "dtype", "{}", "target dtype", "text", comparable=True, table=True),
     _c("device", "device", "{}", "device the run was measured on", "text", comparable=True, table=True),
-    _c("engine", "engine", "{}", "decode engine and its settings, where the run recorded them", "text",
-       comparable=True),
+    _c("engine", "engine", "{}", "decode engine: eager (HF eager + a growing cache), static (preallocated "
+       "cache) or compiled (static + torch.compile); records from before engines existed ran on eager", "text",
+       comparable=True, cli=True, table=True),
     _c("warmup", "warm-up", "{}", "an untimed warm-up decode of each method preceded the timed ones", "bool",
        comparable=True),
     _c("versions", "versions", "{}", "torch, transformers, vispec-bench and git commit; shown by `check` when "
        "they differ, not a reason to refuse a comparison", "text"),
     # --- figures ---
     _c("num_samples", "samples", "{}", "samples in every figure of the row: those the method finished with a "
-       "matching AR record (same sample, same repeat)", "int", cli=True, table=True),
+       "matching AR record (same sample, repeat and engine)", "int", cli=True, table=True),
     _c("num_repeats", "repeats", "{}", "timed passes over the samples; AR repeat r pairs with method repeat r",
        "int"),
-    _c("num_unpaired", "unpaired", "{}", "records without their partner (AR or method, same sample and repeat); "
-       "named in summary.json and excluded from every figure", "int", cli=True, table=True),
+    _c("num_unpaired", "unpaired", "{}", "records without their partner (AR or method, same sample, repeat and "
+       "engine); named in summary.json and excluded from every figure", "int", cli=True, table=True),
     _c("new_tokens", "tokens", "{}", "generated tokens of the paired records, one pass over the samples (repeat "
        "0, or the first paired repeat)", "int", cli=True, table=True),
     _c("mean_new_tokens", "tok/sample", "{:.0f}", "new_tokens / num_samples", cli=True),
@@ -77,16 +78,27 @@ COLUMNS: tuple[Column, ...] = (
        "(accepted draft tokens + 1 bonus token) over all rounds; AR is 1.00", ci=True, cli=True, table=True),
     _c("mean_accepted_length_excl_bonus", "τ−1", "{:.2f}", "τ − 1, the ViSpec/MMSpec table convention",
        table=True),
-    _c("speedup_decode", "speedup (decode)", "{:.2f}x", "per-token decode speedup (Σ tokens_method / Σ t_method) "
-       "÷ (Σ tokens_AR / Σ t_AR) over the paired records; tokens and time after the first token; equals "
-       "Σ t_AR / Σ t_method when the ids match", ci=True, cli=True, table=True),
+    _c("speedup_decode", "speedup (decode)", "{:.2f}x", "per-token decode speedup over AR on the same engine: "
+       "(Σ tokens_method / Σ t_method) ÷ (Σ tokens_AR / Σ t_AR) over the paired records; tokens and time after "
+       "the first token; equals Σ t_AR / Σ t_method when the ids match", ci=True, cli=True, table=True),
     _c("speedup_e2e", "speedup (e2e)", "{:.2f}x", "the same per-token ratio end to end (vision encoder, prefill "
        "and first token included)", ci=True, cli=True, table=True),
+    _c("speedup_decode_vs_best_ar", "vs best AR (decode)", "{:.2f}x", "the per-token decode speedup against AR "
+       "on the run's fastest AR engine (best_ar_engine), same samples and repeats, instead of AR on the method's "
+       "own engine: the figure to quote (equal to speedup (decode) in a one-engine run)", ci=True, cli=True,
+       table=True),
+    _c("speedup_e2e_vs_best_ar", "vs best AR (e2e)", "{:.2f}x", "the end-to-end per-token speedup against AR on "
+       "the run's fastest AR engine", ci=True, table=True),
+    _c("best_ar_engine", "best AR", "{}", "the engine whose AR decodes fastest per token over the run (lowest "
+       "Σ decode time / Σ decode tokens of its AR records)", "text"),
     _c("speedup_decode_geomean", "geomean", "{:.2f}x", "geometric mean over samples of the per-sample decode "
        "throughput ratio (each sample's repeats pooled)", ci=True),
     _c("speedup_decode_per_repeat", "per repeat", "{}", "the decode speedup of each repeat separately", "list"),
     _c("speedup_decode_median_repeat", "median repeat", "{:.2f}x", "median of the per-repeat decode speedups"),
     _c("speedup_decode_std", "± std", "{:.2f}", "standard deviation of the per-repeat decode speedups"),
+    _c("num_recompiled", "recompiled", "{}", "paired records left out of every timing figure because a graph "
+       "was compiled inside their timed decode (theirs or their AR partner's; named in summary.json)", "int",
+       cli=True, table=True),
     _c("tokens_per_s", "tok/s", "{:.1f}", "generated tokens / (prefill + decode time) over the paired records",
        cli=True, table=True),
     _c("exact_match_rate", "exact match", "{:.2f}", "fraction of paired records whose ids equal AR's "

@@ -12,6 +12,13 @@ over the paired records; decode counts the tokens and time after the first token
 all tokens and prefill + decode time. When the ids match this is exactly Σ t_AR / Σ t_method.
 Every τ and speedup carries a 95 % bootstrap interval over samples (a sample's repeats stay
 together; vispec_bench/results/uncertainty.py) and the number of samples behind it.
+
+Engines (vispec_bench/results/by_engine.py): figures are per (method, engine), and a record pairs
+with AR of the same sample, repeat and engine: `speedup_*` is against AR on the method's own
+engine. `speedup_*_vs_best_ar` is the same per-token ratio against the AR records of the run's
+fastest AR engine (same sample and repeat): what a user gains over the best plain decoding this
+run measured. With one engine the two are equal. A record that compiled a graph inside its timed
+decode (`compiles` > 0) counts for τ and exact match, never for a timing figure.
 """
 
 from __future__ import annotations
@@ -23,9 +30,9 @@ from collections import Counter, defaultdict
 import numpy as np
 
 from vispec_bench.errors import InputError
-from vispec_bench.results import uncertainty
+from vispec_bench.results import by_engine, uncertainty
 from vispec_bench.results.columns import COLUMNS, COMPARABILITY, Column, csv_fields, format_cell  # noqa: F401
-from vispec_bench.results.records import SCHEMA_VERSION
+from vispec_bench.results.records import SCHEMA_VERSION, record_engine
 
 LOW_PRECISION = ("bfloat16", "float16")
 
@@ -134,21 +141,53 @@ def _ci_fields(name: str, ci: list[float] | None) -> dict:
     return {f"{name}_ci_low": ci[0] if ci else None, f"{name}_ci_high": ci[1] if ci else None}
 
 
-def summarize_method(method: str, records: list[dict], ar_records: list[dict], dtype: str) -> dict:
+def _speedup_fields(s: dict, suffix: str = "") -> dict:
+    """speedup_decode / speedup_e2e (with `suffix`) and their intervals from per-sample sums."""
+    return {f"speedup_decode{suffix}": _throughput_ratio(s),
+            **_ci_fields(f"speedup_decode{suffix}", uncertainty.throughput_ratio_ci(s["tok_m"], s["t_m"], s["tok_ar"],
+                                                                                   s["t_ar"])),
+            f"speedup_e2e{suffix}": _throughput_ratio(s, "e2e_"),
+            **_ci_fields(f"speedup_e2e{suffix}", uncertainty.throughput_ratio_ci(
+                s["e2e_tok_m"], s["e2e_t_m"], s["e2e_tok_ar"], s["e2e_t_ar"]))}
+
+
+def _pair_by_key(records: list[dict], partners: list[dict]) -> list[tuple[dict, dict]]:
+    """(partner, record) by (sample, repeat); a record's duplicate or a key without partner is skipped."""
+    by_key, pairs, seen = {}, [], set()
+    for partner in partners:
+        by_key.setdefault(_key(partner), partner)
+    for record in records:
+        if _key(record) in by_key and _key(record) not in seen:
+            pairs.append((by_key[_key(record)], record))
+        seen.add(_key(record))
+    return pairs
+
+
+def summarize_method(method: str, records: list[dict], ar_records: list[dict], dtype: str,
+                     best_ar: list[dict] | None = None) -> dict:
+    """One method's figures on one engine; `ar_records`: AR on the same engine; `best_ar`: AR on
+    the run's fastest AR engine (default: ar_records, i.e. a one-engine run)."""
     pairs, unpaired = pair_with_ar(method, records, ar_records)
     paired = [r for _, r in pairs]
+    timed_pairs = [(a, r) for a, r in pairs if by_engine.timed(a) and by_engine.timed(r)]
     s = _per_sample(pairs)
-    _require_timings(method, s)
-    by_repeat = defaultdict(list)
+    t = _per_sample(timed_pairs)  # timing figures: no record that compiled inside its timed region
+    _require_timings(method, t)
+    by_repeat, timed_by_repeat = defaultdict(list), defaultdict(list)
     for pair in pairs:
         by_repeat[pair[1].get("repeat", 0)].append(pair)
-    per_repeat = [_throughput_ratio(_per_sample(p)) for _, p in sorted(by_repeat.items())]
-    usable = (s["tok_m"] > 0) & (s["t_m"] > 0) & (s["tok_ar"] > 0) & (s["t_ar"] > 0)
-    log_ratios = np.log((s["tok_m"][usable] / s["t_m"][usable]) / (s["tok_ar"][usable] / s["t_ar"][usable]))
+    for pair in timed_pairs:
+        timed_by_repeat[pair[1].get("repeat", 0)].append(pair)
+    per_repeat = [_throughput_ratio(_per_sample(p)) for _, p in sorted(timed_by_repeat.items())]
+    usable = (t["tok_m"] > 0) & (t["t_m"] > 0) & (t["tok_ar"] > 0) & (t["t_ar"] > 0)
+    log_ratios = np.log((t["tok_m"][usable] / t["t_m"][usable]) / (t["tok_ar"][usable] / t["t_ar"][usable]))
     first_pass = min(by_repeat) if by_repeat else 0
     one_pass = [r for r in paired if r.get("repeat", 0) == first_pass]
     new_tokens = sum(r["num_new_tokens"] for r in one_pass)
-    total_time = sum(r["prefill_s"] + r["decode_s"] for r in paired)
+    timed_records = [r for _, r in timed_pairs]
+    total_time = sum(r["prefill_s"] + r["decode_s"] for r in timed_records)
+    best = _pair_by_key([r for r in records if by_engine.timed(r)],
+                        [a for a in (ar_records if best_ar is None else best_ar) if by_engine.timed(a)])
     scores = [r["score"] for r in one_pass if r.get("score") is not None]
     kinds = [(r, divergence_kind(r, dtype)) for r in paired]
     unexplained = [r for r, kind in kinds if kind == "unexplained"]
@@ -163,18 +202,18 @@ def summarize_method(method: str, records: list[dict], ar_records: list[dict], d
         "num_rounds": int(s["rounds"].sum()),
         "mean_accepted_length": tau, "mean_accepted_length_excl_bonus": tau - 1,
         **_ci_fields("mean_accepted_length", uncertainty.ratio_ci(s["emitted"], s["rounds"])),
-        "speedup_decode": _throughput_ratio(s),
-        **_ci_fields("speedup_decode", uncertainty.throughput_ratio_ci(s["tok_m"], s["t_m"], s["tok_ar"], s["t_ar"])),
-        "speedup_e2e": _throughput_ratio(s, "e2e_"),
-        **_ci_fields("speedup_e2e", uncertainty.throughput_ratio_ci(s["e2e_tok_m"], s["e2e_t_m"], s["e2e_tok_ar"],
-                                                                   s["e2e_t_ar"])),
+        **_speedup_fields(t),
+        **_speedup_fields(_per_sample(best), "_vs_best_ar"),
+        "num_recompiled": len(pairs) - len(timed_pairs),
+        "recompiled": [f"{r['sample_id']}#{r.get('repeat', 0)} ({method if not by_engine.timed(r) else 'its ar'})"
+                       for a, r in pairs if not (by_engine.timed(a) and by_engine.timed(r))],
         "speedup_decode_geomean": float(np.exp(log_ratios.mean())) if log_ratios.size else float("nan"),
         **_ci_fields("speedup_decode_geomean", uncertainty.geomean_ci(log_ratios)),
         "num_repeats": len(per_repeat),
         "speedup_decode_per_repeat": per_repeat,
         "speedup_decode_median_repeat": statistics.median(per_repeat) if per_repeat else None,
         "speedup_decode_std": statistics.stdev(per_repeat) if len(per_repeat) > 1 else None,
-        "tokens_per_s": _ratio(sum(r["num_new_tokens"] for r in paired), total_time),
+        "tokens_per_s": _ratio(sum(r["num_new_tokens"] for r in timed_records), total_time),
         "exact_match_rate": _ratio(sum(r["equivalence"]["exact_match"] for r in paired), len(paired)),
         "num_divergences": sum(kind != "match" for _, kind in kinds),
         "num_tie_samples": len(tie_samples),
@@ -237,36 +276,58 @@ def run_identity(manifest: dict) -> dict:
 
 
 def summarize(records: list[dict], manifest: dict) -> dict:
-    by_method: dict[str, list[dict]] = defaultdict(list)
+    """Figures per method and engine. `methods[name]` holds the method on the run's first engine
+    (the reference: eager when it ran); with several engines, `methods[name]["by_engine"]` holds
+    it on each."""
+    engines = by_engine.run_engines(records, manifest)
+    grouped: dict[tuple, list[dict]] = defaultdict(list)
     for record in records:
-        by_method[record["method"]].append(record)
+        grouped[(record["method"], record_engine(record))].append(record)
+    ar_by_engine = {engine: grouped.get(("ar", engine), []) for engine in engines}
+    best, ar_per_token = by_engine.best_ar_engine(ar_by_engine)
     dtype = manifest["config"]["dtype"]
     order = [m["name"] for m in manifest["config"]["methods"]]
-    methods = {name: summarize_method(name, by_method[name], by_method.get("ar", []), dtype)
-               for name in order if by_method.get(name)}
     devices = sorted({r["device"] for r in records if r.get("device")})
-    if len(devices) > 1:  # sharded over different devices: their figures side by side
-        for name, summary in methods.items():
-            on = {device: [r for r in records if r.get("device") == device] for device in devices}
-            summary["by_device"] = {device: summarize_method(name, [r for r in on[device] if r["method"] == name],
-                                                             [r for r in on[device] if r["method"] == "ar"], dtype)
-                                    for device in devices}
+    methods, unpaired = {}, []
+    for name in order:
+        figures = {}
+        for engine in engines:
+            own, ar = grouped.get((name, engine)), ar_by_engine[engine]
+            if not own:
+                continue
+            figures[engine] = summarize_method(name, own, ar, dtype, ar_by_engine.get(best)) | {
+                "engine": engine, "best_ar_engine": best}
+            for item in figures[engine]["unpaired"]:
+                item["engine"] = engine
+            unpaired += figures[engine]["unpaired"]
+            if len(devices) > 1:  # sharded over different devices: their figures side by side
+                figures[engine]["by_device"] = {
+                    device: summarize_method(name, [r for r in own if r.get("device") == device],
+                                             [r for r in ar if r.get("device") == device], dtype)
+                    for device in devices}
+        if figures:
+            methods[name] = next(iter(figures.values())) | ({"by_engine": figures} if len(engines) > 1 else {})
     config = manifest["config"]
     return {"schema_version": SCHEMA_VERSION, "run_id": manifest["run_id"], "created": manifest.get("created"),
             "model": config["model"], "suite": config["suite"], "device": manifest["environment"].get("device_name"),
             "dtype": config["dtype"], "max_new_tokens": config.get("max_new_tokens"),
             "temperature": config.get("temperature"), "sample_ids_hash": config.get("sample_ids_hash"),
-            "identity": run_identity(manifest), "methods": methods,
-            "unpaired": [u for m in methods.values() for u in m["unpaired"]]}
+            "identity": run_identity(manifest), "methods": methods, "unpaired": unpaired,
+            "engines": engines, "reference_engine": engines[0], "best_ar_engine": best,
+            "ar_decode_s_per_token": ar_per_token, "engine_settings": by_engine.engine_settings(manifest, engines),
+            "ar_agreement": by_engine.ar_agreement(ar_by_engine, engines[0]),
+            "recompiled": by_engine.recompiled_records(records)}
 
 
 def summary_rows(summary: dict) -> list[dict]:
-    """One row per method with every column of `COLUMNS` (and its interval fields); `_details` holds
-    the method's whole summary for the plots."""
+    """One row per method and engine with every column of `COLUMNS` (and its interval fields);
+    `_details` holds that figure's whole summary for the plots."""
     rows = []
     for method, m in summary["methods"].items():
-        row = {**summary["identity"], **{k: v for k, v in m.items() if k in _ROW_FIELDS}, "method": method}
-        rows.append({name: row.get(name) for name in csv_fields()} | {"_details": m})
+        for engine, figures in (m.get("by_engine") or {m.get("engine") or "eager": m}).items():
+            row = {**summary["identity"], **{k: v for k, v in figures.items() if k in _ROW_FIELDS},
+                   "method": method, "engine": engine}
+            rows.append({name: row.get(name) for name in csv_fields()} | {"_details": figures})
     return rows
 
 

@@ -28,6 +28,16 @@ MANIFEST, RECORDS, SUMMARY = "manifest.json", "records.jsonl", "summary.json"
 SCHEMA_VERSION = 2
 
 
+def record_engine(record: dict) -> str:
+    """The engine a record was decoded on; records from before engines existed ran on eager."""
+    return record.get("engine") or "eager"
+
+
+def record_key(record: dict) -> tuple:
+    """What identifies a record in a run: (sample, method, engine, repeat); resume skips these."""
+    return record["sample_id"], record["method"], record_engine(record), record.get("repeat", 0)
+
+
 class NewerSchemaError(ValueError):
     pass
 
@@ -121,10 +131,12 @@ class RunStore:
         return cls(run_dir)
 
     @classmethod
-    def resume(cls, run_dir: Path, config: dict, shard: str | None = None) -> "RunStore":
-        """Reopen a run; the resolved config must equal the stored one, or records would mix."""
+    def resume(cls, run_dir: Path, config: dict, shard: str | None = None, added: dict | None = None) -> "RunStore":
+        """Reopen a run; the resolved config must equal the stored one, or records would mix.
+        `added`: settings that came after the run was made, with the value its records imply
+        (a run from before engines ran on eager): a stored config without one reads as that."""
         run_dir = Path(run_dir)
-        stored = read_json(run_dir / MANIFEST)["config"]
+        stored = (added or {}) | read_json(run_dir / MANIFEST)["config"]
         differing = sorted(k for k in set(stored) | set(config) if stored.get(k) != config.get(k))
         if differing:
             details = "; ".join(f"{k}: stored {stored.get(k)!r}, now {config.get(k)!r}" for k in differing)
@@ -135,6 +147,13 @@ class RunStore:
         manifest = read_json(self.run_dir / MANIFEST)
         check_schema_version(manifest, self.run_dir / MANIFEST)
         return manifest
+
+    def add_to_manifest(self, key: str, entries: list) -> None:
+        """Append `entries` to the manifest's list under `key` (what a session learnt after the
+        run started, e.g. each engine's warm-up and compile time); one writer: rank 0."""
+        manifest = self.manifest()
+        manifest[key] = [*manifest.get(key, []), *entries]
+        write_json_atomic(self.run_dir / MANIFEST, manifest)
 
     def records(self) -> list[dict]:
         return [record for path in self.record_files() for record in load_records(path)]

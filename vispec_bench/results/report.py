@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from vispec_bench.errors import MissingInputError
-from vispec_bench.results import metrics
+from vispec_bench.results import by_engine, engine_plots, metrics
 from vispec_bench.results.columns import COLUMNS, csv_fields, csv_value, definitions, format_cell
 from vispec_bench.results.records import MANIFEST, RunStore, write_json_atomic
 
@@ -113,14 +113,14 @@ def _grouped_bars(rows, value, title, ylabel, path, reference=None, interval=Fal
     import matplotlib.pyplot as plt
 
     groups = sorted({_label(r) for r in rows})
-    methods = list(dict.fromkeys(r["method"] for r in rows))
+    methods = list(dict.fromkeys(r["_series"] for r in rows))
     width = 0.8 / max(len(methods), 1)
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups) * max(1, len(methods) / 3)), 4))
     top = 0.0
     for i, method in enumerate(methods):
         xs, ys, lows, highs, counts = [], [], [], [], []
         for g, group in enumerate(groups):
-            match = [r for r in rows if _label(r) == group and r["method"] == method]
+            match = [r for r in rows if _label(r) == group and r["_series"] == method]
             if match and match[0][value] is not None:
                 row = match[0]
                 xs.append(g + (i - (len(methods) - 1) / 2) * width)
@@ -152,7 +152,7 @@ def _acceptance_plot(rows, path):
         if by_depth:
             depths = sorted(by_depth, key=int)
             ax.plot([int(d) for d in depths], [by_depth[d] for d in depths], marker="o",
-                    label=f"{row['method']} ({_label(row).replace(chr(10), ', ')})")
+                    label=f"{row['_series']} ({_label(row).replace(chr(10), ', ')})")
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -175,7 +175,7 @@ def _histogram_plot(rows, path):
         total = sum(histogram.values()) or 1
         xs = sorted(histogram)
         ax.bar([x + (i - (len(speculative) - 1) / 2) * width for x in xs], [histogram[x] / total for x in xs], width,
-               label=f"{row['method']} ({_label(row).replace(chr(10), ', ')})")
+               label=f"{row['_series']} ({_label(row).replace(chr(10), ', ')})")
     ax.set_xlabel("tokens emitted per round (accepted + 1)")
     ax.set_ylabel("fraction of rounds")
     ax.set_title("Accepted-length histogram")
@@ -188,7 +188,7 @@ def _breakdown_plot(rows, path):
 
     profiled = [r for r in rows if r["_details"].get("round_breakdown")]
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    labels = [f"{r['method']} | {_label(r).replace(chr(10), ' | ')}" for r in profiled]
+    labels = [f"{r['_series']} | {_label(r).replace(chr(10), ' | ')}" for r in profiled]
     bottom = [0.0] * len(profiled)
     for phase, color in (("draft", "#4c72b0"), ("verify", "#dd8452"), ("accept_commit", "#55a868")):
         values = [r["_details"]["round_breakdown"][f"{phase}_ms_per_round"] for r in profiled]
@@ -206,11 +206,16 @@ def make_plots(rows: list[dict], out: Path) -> list[tuple[str, str]]:
 
     matplotlib.use("Agg")
     _assign_labels(rows)
+    engine_plots.series(rows)
     plots = []
     _grouped_bars(rows, "speedup_decode", "Per-token decode speedup over AR (same engine, same run)",
                   "speedup (x)", out / "speedup.png", reference=1.0, interval=True)
     plots.append(("speedup.png", "Per-token decode speedup over AR; error bars: 95 % bootstrap interval over "
                                  "samples; n = samples"))
+    engine_plots.two_speedups_plot(rows, out / "speedup_vs_best_ar.png")
+    plots.append(("speedup_vs_best_ar.png", "Per-token decode speedup of each method and engine against AR on its "
+                                            "own engine and against the run's fastest AR; error bars: 95 % "
+                                            "bootstrap interval"))
     _grouped_bars(rows, "mean_accepted_length", "Mean accepted length tau (incl. bonus token)", "tau",
                   out / "tau.png", reference=1.0, interval=True)
     plots.append(("tau.png", "Mean accepted length τ; error bars: 95 % bootstrap interval; n = samples"))
@@ -251,8 +256,17 @@ EXTRA_DEFINITIONS = [
 
 
 def unpaired_lines(runs: list[tuple[dict, dict]]) -> list[str]:
-    return [f"run `{summary['run_id']}`: {u['method']} sample {u['sample_id']} repeat {u['repeat']}: {u['why']} "
-            "(excluded from every figure)" for _, summary in runs for u in summary.get("unpaired", [])]
+    lines = []
+    for _, summary in runs:
+        several = len(summary.get("engines") or []) > 1
+        lines += [f"run `{summary['run_id']}`: {u['method']}{' on ' + u['engine'] if several else ''} sample "
+                  f"{u['sample_id']} repeat {u['repeat']}: {u['why']} (excluded from every figure)"
+                  for u in summary.get("unpaired", [])]
+    return lines
+
+
+def engine_lines(runs: list[tuple[dict, dict]]) -> list[str]:
+    return [f"run `{summary['run_id']}`: {line}" for _, summary in runs for line in by_engine.summary_lines(summary)]
 
 
 def per_device_lines(rows: list[dict]) -> list[str]:
@@ -288,6 +302,9 @@ def write_report(run_dirs: list[Path], out: Path) -> Path:
     per_device = per_device_lines(rows)
     if per_device:
         md += ["", "## Per-device figures (runs sharded over different devices)", ""] + per_device
+    engines = engine_lines(runs)
+    if engines:
+        md += ["", "## Engines", ""] + [f"- {line}" for line in engines]
     unpaired = unpaired_lines(runs)
     if unpaired:
         md += ["", "## Unpaired records (excluded from every figure)", ""] + [f"- {line}" for line in unpaired]
@@ -307,7 +324,7 @@ def write_report(run_dirs: list[Path], out: Path) -> Path:
     figures = "".join(f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{embed(name)}">'
                       f"<figcaption>{esc(caption)}</figcaption></figure>" for name, caption in plots)
     environments = "".join(f"<li>{esc(line)}</li>" for m, _ in runs for line in _environment_lines(m))
-    environments += "".join(f"<li>{esc(line)}</li>" for line in per_device + unpaired)
+    environments += "".join(f"<li>{esc(line)}</li>" for line in per_device + engines + unpaired)
     definition_items = "".join(f"<li>{esc(d)}</li>" for d in all_definitions)
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>vispec-bench report</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;font-size:13px}}

@@ -16,11 +16,12 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def setting(default=MISSING, help: str = "", *, factory=None, choices=None, flag: str | None = None,
-            nargs: str | None = None, metavar: str | None = None):
+            nargs: str | None = None, metavar: str | None = None, aliases: tuple[str, ...] = ()):
     """A config field with its flag's help. `flag` renames the flag (booleans: the switch that
-    flips the default, e.g. "--no-profile"); `nargs="*"` takes several values, other lists take
-    one comma-separated value."""
-    metadata = {"help": help, "choices": choices, "flag": flag, "nargs": nargs, "metavar": metavar}
+    flips the default, e.g. "--no-profile"); `aliases` are other spellings of the same flag;
+    `nargs="*"` takes several values, other lists take one comma-separated value."""
+    metadata = {"help": help, "choices": choices, "flag": flag, "nargs": nargs, "metavar": metavar,
+                "aliases": aliases}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -60,6 +61,9 @@ class RunConfig(TargetSettings):
     top_k: int = setting(0, "0 = off")
     method_args: list[str] = setting(factory=list, help="method options, e.g. oracle.depth=6", nargs="*",
                                      metavar="METHOD.KEY=VALUE")
+    engines: list[str] = setting(factory=lambda: ["eager"], aliases=("--engine",),
+                                 help="comma-separated decode engines (eager, static, compiled): AR and every "
+                                      "method run on each, interleaved per sample; --engine X for one")
     warmup: bool = setting(True, "skip the untimed warm-up decode of each method")
     repeats: int = setting(1, "timed passes over all samples; the speedup's spread across them is reported")
     profile_rounds: bool = setting(True, "skip the untimed profiling pass that splits rounds into "

@@ -70,7 +70,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_class: type, sk
             options["type"] = _comma_list
         else:
             options["type"] = kind
-        parser.add_argument(_flag(f, kind), **options, **common)
+        parser.add_argument(_flag(f, kind), *f.metadata.get("aliases", ()), **options, **common)
 
 
 def _comma_list(text: str) -> list[str]:

@@ -1,9 +1,13 @@
-"""The benchmark runner: samples x methods on one target adapter, recorded as they finish.
+"""The benchmark runner: samples x engines x methods on one loaded target, recorded as they finish.
 
-Order: for each sample, AR first, then every other method, so that drift in machine state
-(thermal, frequency, background load) hits AR and the methods alike, and every method can be
-checked against AR's ids for the same sample at once. Before any timed sample, each method
-decodes the first sample once, untimed (warm-up: allocator, kernels, caches).
+Order: for each sample, for each engine (the reference engine first: eager when listed), AR
+first, then every other method, so that drift in machine state (thermal, frequency, background
+load) hits AR, the methods and the engines alike, and every method can be checked against AR's
+ids on its own engine for the same sample at once. Before any timed sample, the static engines'
+caches are sized for the run's longest prompt, then on each engine AR and each method decode
+the first sample once, untimed (warm-up: allocator, kernels, caches, and every graph the
+compiled engine will use). A decode that still compiles a graph is flagged in its record
+(`compiles`, `recompiled`) and kept out of every timing figure.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from vispec_bench.errors import InputError
 from vispec_bench.running import environment
 from vispec_bench.engine.acceptance import SamplingConfig
 from vispec_bench.engine.adapter import make_adapter
+from vispec_bench.engine.engines import Engine
 from vispec_bench.running.distributed import init_from_environment, rank_device
 from vispec_bench.running.referee import Float32Referee
 from vispec_bench.engine.decode import decode
@@ -28,9 +33,10 @@ from vispec_bench.running.instruments import GpuMonitor, PhaseTimer
 from vispec_bench.plugins.method import SampleContext, make_method, parse_method_args
 from vispec_bench.results.metrics import summarize
 from vispec_bench.models.loading import load_model, resolve_device, resolve_dtype
-from vispec_bench.results.records import RunStore
+from vispec_bench.results.records import RunStore, record_engine, record_key
 from vispec_bench.plugins.registry import METHODS
 from vispec_bench.running.config import RunConfig
+from vispec_bench.running.engine_setup import engine_list, reserve_for_run, warmup_info
 from vispec_bench.plugins.suite import make_suite, sample_ids_hash
 
 # Below this top-1/top-2 logit margin, a float32 divergence is a numerical tie between
@@ -73,9 +79,12 @@ def equivalence(method_ids: list[int], ar_ids: list[int], diagnose=None) -> dict
 
 class Runner:
     def __init__(self, config: RunConfig, out_dir: str | Path = "runs", run_id: str | None = None,
-                 resume: str | Path | None = None, progress: bool = True, log=print, model_loader=load_model):
-        """`model_loader`: load_model, or one with builder options bound (e.g. another testbed weights directory)."""
+                 resume: str | Path | None = None, progress: bool = True, log=print, model_loader=load_model,
+                 compile_backend: str = "inductor"):
+        """`model_loader`: load_model, or one with builder options bound (e.g. another testbed weights directory).
+        `compile_backend`: torch.compile's backend on the compiled engine (tests: "aot_eager", no codegen)."""
         self.config = config
+        self.compile_backend = compile_backend
         self.log = log
         self.base_device = resolve_device(config.device)  # what the user asked for: part of the config
         self.dist = init_from_environment(self.base_device)
@@ -85,7 +94,11 @@ class Runner:
         self.sampling = SamplingConfig(config.temperature, config.top_p, config.top_k)
         method_names = _method_list(config.methods)
         raw_args = parse_method_args(config.method_args, method_names)
-        self.methods = [make_method(n, raw_args.get(n, {})) for n in method_names]
+        self.engines = engine_list(config.engines)  # the reference engine first
+        # One instance of each method per engine: a method's prepared draft belongs to one engine.
+        self.engine_methods = {engine: [make_method(n, raw_args.get(n, {})) for n in method_names]
+                               for engine in self.engines}
+        self.methods = self.engine_methods[self.engines[0]]
         self.suite = make_suite(config.suite, config.prompt_mode, split=config.split, path=config.dataset_path,
                                 name=config.dataset_name, revision=config.revision, fixtures=config.fixtures)
         self.samples = self.suite.select(config.limit, config.seed)
@@ -99,13 +112,14 @@ class Runner:
         # The target before the config: what it supplies (its default drafts) is part of each
         # method's config hash, so runs with different drafts are never taken as comparable.
         self.loaded = model_loader(config.model, self.dtype, self.device, seed=config.seed)
-        for method in self.methods:
-            method.resolve(self.loaded.default_drafts)
+        for methods in self.engine_methods.values():
+            for method in methods:
+                method.resolve(self.loaded.default_drafts)
         resolved = self.resolved_config()
         shard = f"rank{self.dist.rank}" if self.dist.enabled else None
         rank_devices = self.dist.gather(self.device_name)
         if resume is not None:
-            self.store = RunStore.resume(resume, resolved, shard)
+            self.store = RunStore.resume(resume, resolved, shard, added={"engines": ["eager"]})
             return
         run_id = self.dist.broadcast(run_id or (
             f"{config.model.replace('/', '_')}-{config.suite}-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"))
@@ -125,46 +139,72 @@ class Runner:
         config = dataclasses.asdict(self.config)
         config.pop("methods"), config.pop("method_args")
         config.update(device=self.base_device, dtype=str(self.dtype).removeprefix("torch."),
-                      methods=[m.describe() | {"config_hash": m.config_hash()} for m in self.methods],
+                      methods=[self._described(m) for m in self.methods],
                       sample_ids=ids, sample_ids_hash=sample_ids_hash(ids))
         return config
+
+    def _described(self, method) -> dict:
+        """The manifest's entry for a method: its config hash on the first engine, and on each
+        engine where the run has several (the engine is part of the hash, eager adds nothing)."""
+        described = method.describe() | {"config_hash": method.config_hash(self.engines[0])}
+        if len(self.engines) > 1:
+            described["config_hash_by_engine"] = {engine: method.config_hash(engine) for engine in self.engines}
+        return described
 
     def run(self) -> Path:
         from tqdm.auto import tqdm
 
-        adapter = make_adapter(self.loaded.model, self.loaded.processor)
-        for method in self.methods:
-            method.prepare(adapter)
+        adapters = {engine: make_adapter(self.loaded.model, self.loaded.processor,
+                                         Engine(engine, self.device, backend=self.compile_backend))
+                    for engine in self.engines}
+        # Diagnostics (the margin at a divergence) run eager: never on a static cache or a compiled graph.
+        self._diagnostic_adapter = adapters.get("eager") or make_adapter(self.loaded.model, self.loaded.processor)
+        for engine in self.engines:
+            for method in self.engine_methods[engine]:
+                method.prepare(adapters[engine])
         records = self.store.records()
-        done = {(r["sample_id"], r["method"], r.get("repeat", 0)) for r in records}
-        ar_ids = {r["sample_id"]: r["new_ids"] for r in records if r["method"] == "ar" and r.get("repeat", 0) == 0}
+        done = {record_key(r) for r in records}
+        ar_ids = {(r["sample_id"], record_engine(r)): r["new_ids"] for r in records
+                  if r["method"] == "ar" and r.get("repeat", 0) == 0}
         if done:
             self.log(f"resuming {self.store.run_dir}: {len(done)} records already there, not redone")
         repeats = range(self.config.repeats)
         owned = [(index, sample) for index, sample in enumerate(self.samples) if self.dist.owns(index)]
-        todo = [(s, m, r) for r in repeats for _, s in owned for m in self.methods
-                if (s.sample_id, m.name, r) not in done]
+        plan = [(engine, method) for engine in self.engines for method in self.engine_methods[engine]]
+        todo = [(s, e, m, r) for r in repeats for _, s in owned for e, m in plan
+                if (s.sample_id, m.name, e, r) not in done]
+        warmups = []
         if not todo:
             self.log("nothing left to run" + (f" on rank {self.dist.rank}" if self.dist.enabled else ""))
-        elif self.config.warmup:
-            self._warm_up(adapter, todo[0][0])
+        else:
+            reserved = reserve_for_run(adapters, self.engine_methods, [s for _, s in owned], self.config.max_new_tokens)
+            if self.config.warmup:
+                for engine in self.engines:
+                    start = time.perf_counter()
+                    self._warm_up(adapters[engine], self.engine_methods[engine], todo[0][0])
+                    warmups.append(warmup_info(adapters[engine], self.dist.rank, self.device_name,
+                                               time.perf_counter() - start, reserved.get(engine)))
+        gathered = [info for rank_infos in self.dist.gather(warmups) for info in rank_infos]
+        if self.dist.is_main and gathered:
+            self.store.add_to_manifest("warmups", gathered)
 
         total = len(owned) * self.config.repeats
-        bars = {m.name: tqdm(total=total, desc=f"{m.name:>16}", position=i, leave=True,
-                             disable=not self.progress, file=sys.stderr,
-                             initial=total - sum(1 for t in todo if t[1] is m))
-                for i, m in enumerate(self.methods)}
+        several = len(self.engines) > 1
+        bars = {(e, m.name): tqdm(total=total, desc=f"{m.name + ('@' + e if several else ''):>24}", position=i,
+                                  leave=True, disable=not self.progress, file=sys.stderr,
+                                  initial=total - sum(1 for t in todo if t[1] == e and t[2] is m))
+                for i, (e, m) in enumerate(plan)}
         try:
             for repeat in repeats:
                 for index, sample in owned:
-                    pending = [m for m in self.methods if (sample.sample_id, m.name, repeat) not in done]
+                    pending = [(e, m) for e, m in plan if (sample.sample_id, m.name, e, repeat) not in done]
                     if not pending:
                         continue
-                    prompt = adapter.build_prompt(sample.messages, sample.images)  # untimed
-                    for method in pending:
-                        record = self._run_one(adapter, prompt, sample, index, method, ar_ids, repeat)
+                    prompt = adapters[self.engines[0]].build_prompt(sample.messages, sample.images)  # untimed
+                    for engine, method in pending:
+                        record = self._run_one(adapters[engine], prompt, sample, index, method, ar_ids, repeat)
                         self.store.append(record)
-                        bars[method.name].update(1)
+                        bars[(engine, method.name)].update(1)
         except KeyboardInterrupt:
             self.log(f"\ninterrupted: finished records are saved; resume with --resume {self.store.run_dir}")
             raise
@@ -180,15 +220,16 @@ class Runner:
     def _sample_seed(self, index: int) -> int:
         return self.config.seed * 1_000_003 + index  # same seed for AR and every method on a sample
 
-    def _warm_up(self, adapter, sample) -> None:
+    def _warm_up(self, adapter, methods, sample) -> None:
         prompt = adapter.build_prompt(sample.messages, sample.images)
         reference = decode(adapter, prompt, None, self.config.max_new_tokens, self.sampling).new_ids
         context = SampleContext(sample.sample_id, reference)
-        for method in self.methods[1:]:
+        for method in methods[1:]:
             decode(adapter, prompt, method.make_proposer(adapter, context), self.config.max_new_tokens, self.sampling)
 
     def _run_one(self, adapter, prompt, sample, index, method, ar_ids, repeat=0) -> dict:
-        context = SampleContext(sample.sample_id, ar_ids.get(sample.sample_id))
+        engine = adapter.engine.name
+        context = SampleContext(sample.sample_id, ar_ids.get((sample.sample_id, engine)))
         proposer = method.make_proposer(adapter, context)
         is_cuda = torch.device(self.device).type == "cuda"
         if is_cuda:
@@ -206,16 +247,21 @@ class Runner:
             breakdown = timer.totals()
         text = adapter.tokenizer.decode(result.new_ids, skip_special_tokens=True)
         if method.name == "ar" and repeat == 0:
-            ar_ids[sample.sample_id] = result.new_ids  # the reference: it matches itself below
-        reference = ar_ids[sample.sample_id]
-        match = equivalence(result.new_ids, reference, None if self.sampling.temperature > 0 else (
-            lambda position, ar_token, method_token: self._diagnose(adapter, prompt, sample, reference, position,
-                                                                    ar_token, method_token)))
+            ar_ids[(sample.sample_id, engine)] = result.new_ids  # the reference: it matches itself below
+        reference = ar_ids[(sample.sample_id, engine)]  # AR on the same engine
+        match = self._equivalence(result.new_ids, reference, prompt, sample)
+        # AR on every other engine against AR on the reference engine (in float32 they must agree).
+        reference_engine = self.engines[0]
+        ar_reference = None
+        if method.name == "ar" and engine != reference_engine and (sample.sample_id, reference_engine) in ar_ids:
+            ar_reference = {"engine": reference_engine, **self._equivalence(
+                result.new_ids, ar_ids[(sample.sample_id, reference_engine)], prompt, sample)}
         return {
             "sample_id": sample.sample_id,
             "sample_index": index,
             "method": method.name,
-            "method_config_hash": method.config_hash(),
+            "method_config_hash": method.config_hash(engine),
+            "engine": engine,
             "lossless": method.is_lossless(),
             "tree_settings": method.runtime_settings(),
             "draft": method.resolved_draft,  # path + sha256 of the draft loaded; None without one
@@ -232,15 +278,23 @@ class Runner:
             "draft_depths": result.draft_depths,
             "prefill_s": result.prefill_s,
             "decode_s": result.decode_s,
+            "compiles": result.compiles,  # graphs compiled inside the timed decode: > 0 keeps it out of timing
+            "recompiled": result.compiles > 0,
             "round_breakdown": breakdown,
             "energy": self.monitor.sample_stats(before, after, len(result.new_ids)),
             "peak_memory_mb": peak_memory_mb,
             "equivalence": match,
+            "ar_reference": ar_reference,
             "answer": text,
             "references": sample.references,
             "score": self.suite.score(sample, text),
             "extra_scores": self.suite.extra_scores(sample, text),
         }
+
+    def _equivalence(self, ids: list[int], reference: list[int], prompt, sample) -> dict:
+        return equivalence(ids, reference, None if self.sampling.temperature > 0 else (
+            lambda position, ar_token, method_token: self._diagnose(self._diagnostic_adapter, prompt, sample,
+                                                                    reference, position, ar_token, method_token)))
 
     def _load_float32_adapter(self):
         loaded = load_model(self.config.model, torch.float32, self.device, seed=self.config.seed)
