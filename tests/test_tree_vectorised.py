@@ -7,7 +7,8 @@ import torch
 from methods.eagle2 import Eagle2Proposer
 from vispec_bench.drafts.dynamic_tree import DynamicTree
 from vispec_bench.drafts.tree_settings import TreeSettings
-from vispec_bench.engine.draft_tree import DraftTree
+from vispec_bench.engine.acceptance import SamplingConfig, accept
+from vispec_bench.engine.draft_tree import DraftTree, parents_from_mask
 
 
 class ReferenceDynamicTree:
@@ -60,6 +61,20 @@ def loop_depths(parents):
     for parent in parents:
         depths.append(depths[parent] + 1)
     return depths
+
+
+def loop_greedy(logits, tree):
+    """The earlier greedy walk: the first child (node order) carrying the argmax, until none does."""
+    tokens, choice = tree.tokens.tolist(), logits.argmax(dim=-1).tolist()
+    children = [[] for _ in range(tree.num_nodes)]
+    for node, parent in enumerate(tree.parents, start=1):
+        children[parent].append(node)
+    path = [0]
+    while True:
+        match = next((c for c in children[path[-1]] if tokens[c - 1] == choice[path[-1]]), None)
+        if match is None:
+            return path, choice[path[-1]]
+        path.append(match)
 
 
 def random_parents(generator, num_draft):
@@ -125,13 +140,34 @@ def test_ancestor_mask_depths_and_parents_equal_the_node_loops(seed):
     tree = DraftTree(torch.zeros(len(parents), dtype=torch.long), parents)
     assert torch.equal(tree.ancestor_mask(), loop_ancestor_mask(parents))
     assert tree.depths == loop_depths(parents)
-    assert tree.parent_tensor.tolist() == parents
+    assert parents_from_mask(tree.ancestor_mask()).tolist() == parents
 
 
 def test_a_chain_needs_every_doubling_step():
     parents = list(range(40))  # depth 40
     assert torch.equal(DraftTree(torch.zeros(40, dtype=torch.long), parents).ancestor_mask(),
                        loop_ancestor_mask(parents))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_vectorised_greedy_acceptance_equals_the_walk(seed):
+    generator = torch.Generator().manual_seed(seed)
+    vocab = 3  # small: many matches, duplicate siblings (the first one in node order must win)
+    parents = random_parents(generator, int(torch.randint(1, 40, (), generator=generator)))
+    tree = DraftTree(torch.randint(0, vocab, (len(parents),), generator=generator), parents)
+    logits = torch.randn(tree.num_nodes, vocab, generator=generator)
+    assert accept(logits, tree, SamplingConfig(), None) == loop_greedy(logits, tree)
+
+
+def test_greedy_takes_the_first_matching_child_even_when_a_later_one_goes_deeper():
+    logits = torch.full((5, 4), -5.0)
+    logits[0, 1] = 5  # root wants 1: nodes 1 and 2 both carry it
+    logits[1, 0] = 5  # node 1 wants 0: no child of node 1 carries it
+    logits[2, 3] = 5  # node 2 wants 3: node 3 carries it
+    logits[3, 2] = 5
+    logits[4, 2] = 5
+    tree = DraftTree(torch.tensor([1, 1, 3, 2]), [0, 0, 2, 3])
+    assert accept(logits, tree, SamplingConfig(), None) == ([0, 1], 0)
 
 
 def test_truncated_tree_keeps_a_consistent_mask_and_depths():

@@ -51,13 +51,6 @@ class DraftTree:
         """[n] depth of each node (the root 0), on the ancestor mask's device: its row sums, minus 1."""
         return self.ancestor_mask().sum(dim=1) - 1
 
-    @cached_property
-    def parent_tensor(self) -> torch.Tensor:
-        """[m] parent of each draft node, on the ancestor mask's device: the one ancestor a level up."""
-        mask, depth = self.ancestor_mask(), self.depth_tensor
-        one_level_up = mask & (depth[None, :] == depth[:, None] - 1)
-        return one_level_up[1:].to(torch.uint8).argmax(dim=1)
-
     @property
     def max_depth(self) -> int:
         return max(self.depths)
@@ -90,6 +83,13 @@ class DraftTree:
         return DraftTree(self.tokens[rows.to(self.tokens.device)], [new_index[self.parents[i - 1]] for i in kept],
                          None if self.draft_probs is None else self.draft_probs[rows.to(self.draft_probs.device)],
                          ancestors=ancestors, known_depths=[0] + [self.depths[i] for i in kept])
+
+
+def parents_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """[m] parent of each draft node, from an ancestor mask [n, n] on its device: the one ancestor a level up."""
+    depth = mask.sum(dim=1) - 1
+    one_level_up = mask & (depth[None, :] == depth[:, None] - 1)
+    return one_level_up[1:].to(torch.uint8).argmax(dim=1)
 
 
 def ancestor_mask_of(parents: list[int]) -> torch.Tensor:
