@@ -100,6 +100,10 @@ class Eagle2Options(DraftOptions):  # draft: ours or the EAGLE authors' layout
 
 
 class Eagle2Proposer(Proposer):
+    # The draft network's work outside its module, for the profiling pass's forward timing
+    # (instruments.PhaseTimer.instrument): ViSpec's feature fusion, and the vocabulary head + top-k.
+    draft_forward_methods = ("transform_features", "_top")
+
     def __init__(self, draft: EagleDraft, adapter, options: Eagle2Options, draft_head: torch.Tensor,
                  tree: TreeSettings):
         self.draft = draft

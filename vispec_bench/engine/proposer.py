@@ -52,9 +52,13 @@ class Proposer:
     """Base class. One instance decodes one sample; the method builds a fresh one per sample.
 
     `acceptance_rule` is a rule from vispec_bench.engine.acceptance; None means the lossless rule.
+    `draft_forward_methods` names methods that run draft-network work outside the proposer's
+    nn.Module attributes (whose forwards count anyway): the profiling pass times both as draft
+    forwards (running.instruments.PhaseTimer.instrument), the rest of a round as harness.
     """
 
     acceptance_rule = None
+    draft_forward_methods: tuple[str, ...] = ()
 
     def start(self, adapter: TargetAdapter, prompt: PreparedPrompt, prefill: PrefillOutput, first_token: int) -> None:
         """Called once after the target's prefill, inside the decode timing."""
