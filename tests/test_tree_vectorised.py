@@ -227,3 +227,35 @@ def test_draft_attends_to_the_positions_the_node_loops_gave(top_k):
         appended += frontier
         frontier, _ = reference.add_level(frontier, *replay._top(out, top_k))
     assert len(proposer.visible) == 3
+
+
+class HostReads:
+    """Counts what would make the host wait for the device: reading a tensor's values back
+    (tolist, item, int/float/bool/index of a tensor, numpy) and building one from host values."""
+
+    READS = ("tolist", "item", "__int__", "__float__", "__bool__", "__index__", "numpy")
+
+    def __init__(self, monkeypatch):
+        self.calls = []
+        for name in self.READS:
+            monkeypatch.setattr(torch.Tensor, name, self._counting(name, getattr(torch.Tensor, name)))
+        monkeypatch.setattr(torch, "tensor", self._counting("torch.tensor", torch.tensor))
+
+    def _counting(self, name, function):
+        def call(*args, **kwargs):
+            self.calls.append(name)
+            return function(*args, **kwargs)
+
+        return call
+
+
+def test_growing_a_tree_reads_the_device_once_and_greedy_acceptance_once(monkeypatch):
+    proposer = RecordingProposer(top_k=3)
+    root = torch.randn(proposer.hidden)
+    reads = HostReads(monkeypatch)
+    tree = proposer._grow_tree(root, 5, levels=4)
+    assert reads.calls == ["tolist"]  # select's one read of the kept structure
+    logits = torch.randn(tree.num_nodes, 30)
+    reads.calls.clear()
+    accept(logits, tree, SamplingConfig(), None)
+    assert reads.calls == ["tolist"]
