@@ -105,6 +105,10 @@ class Eagle2Options(DraftOptions):  # draft: ours or the EAGLE authors' layout
 
 
 class Eagle2Proposer(Proposer):
+    # The draft network's work outside its module, for the profiling pass's forward timing
+    # (instruments.PhaseTimer.instrument): ViSpec's feature fusion, and the vocabulary head + top-k.
+    draft_forward_methods = ("transform_features", "_top")
+
     def __init__(self, draft: EagleDraft, adapter, options: Eagle2Options, draft_head: torch.Tensor,
                  tree: TreeSettings, step=None):
         self.draft = draft
@@ -204,20 +208,19 @@ class Eagle2Proposer(Proposer):
     def _grow_tree(self, root_feature, committed: int, levels: int) -> DraftTree:
         k = self.tree.top_k
         tree = DynamicTree(k)
-        frontier = tree.add_root_children(*self._top(root_feature, k))
+        frontier = tree.add_root_children(*self._top(root_feature, k))  # node ids [k], on the device
         frontier_features = root_feature.expand(k, -1)  # a node's input feature = its parent's draft output
-        appended: list[int] = []  # node ids in the draft cache after the committed pairs, in order
+        appended = frontier[:0]  # node ids in the draft cache after the committed pairs, in order
         for level in range(2, levels + 1):
-            visible = torch.zeros(len(frontier), committed + len(appended) + len(frontier), dtype=torch.bool)
-            visible[:, :committed] = True
-            for row, node in enumerate(frontier):
-                for col, other in enumerate(appended):
-                    visible[row, committed + col] = other in tree.ancestors[node]
-                visible[row, committed + len(appended) + row] = True
-            frontier_tokens = torch.tensor([tree.tokens[n - 1] for n in frontier], device=self.device)
-            positions = torch.full((len(frontier),), self.next_position + level - 2, device=self.device)
-            out = self._run(frontier_features, self.embed(frontier_tokens), positions, visible.to(self.device))
-            appended += frontier
+            # A frontier node sees the committed pairs, its ancestors among the appended nodes, and itself.
+            width = len(frontier)
+            visible = torch.cat([torch.ones(width, committed, dtype=torch.bool, device=self.device),
+                                 tree.sees(frontier, appended).to(self.device),
+                                 torch.eye(width, dtype=torch.bool, device=self.device)], dim=1)
+            positions = torch.full((width,), self.next_position + level - 2, device=self.device)
+            out = self._run(frontier_features, self.embed(tree.tokens[frontier - 1].to(self.device)), positions,
+                            visible)
+            appended = torch.cat([appended, frontier])
             frontier, rows = tree.add_level(frontier, *self._top(out, k))
             frontier_features = out[rows]
         return tree.select(self.tree.draft_nodes)

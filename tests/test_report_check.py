@@ -164,5 +164,9 @@ def test_cpu_run_records_why_nvml_is_absent_and_has_a_round_breakdown(tmp_path):
     assert record["energy"]["available"] is False
     assert record["round_breakdown"]["num_rounds"] == record["num_rounds"]
     assert record["round_breakdown"]["verify_s"] > 0
+    # The profiling pass times the target forward (the oracle has no draft network): the rest is the harness.
+    assert 0 < record["round_breakdown"]["target_forward_s"] < record["round_breakdown"]["verify_s"]
+    assert record["round_breakdown"]["draft_forward_s"] == 0
+    assert 0 < record["round_breakdown"]["harness_share"] < 1
     assert main(["report", str(tmp_path / "cpu"), "--out", str(tmp_path / "rep")]) == 0
     assert (tmp_path / "rep" / "index.html").exists()

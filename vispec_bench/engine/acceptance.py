@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from vispec_bench.errors import InputError
-from vispec_bench.engine.draft_tree import DraftTree
+from vispec_bench.engine.draft_tree import DraftTree, parents_from_mask
 
 
 @dataclass(frozen=True)
@@ -81,17 +81,10 @@ def accept(logits: torch.Tensor, tree: DraftTree | None, config: SamplingConfig,
     """
     if tree is None or tree.num_nodes == 1:
         return [0], first_token(logits[0], config, generator)
+    if config.greedy:
+        return accept_greedy(logits, tree)
     draft_tokens = tree.tokens.tolist()
     children = tree.children
-    if config.greedy:
-        choice = logits.argmax(dim=-1).tolist()  # [n]
-        path = [0]
-        while True:
-            node = path[-1]
-            match = next((c for c in children[node] if draft_tokens[c - 1] == choice[node]), None)
-            if match is None:
-                return path, choice[node]
-            path.append(match)
     path = [0]
     while True:
         node = path[-1]
@@ -116,6 +109,29 @@ def accept(logits: torch.Tensor, tree: DraftTree | None, config: SamplingConfig,
         if next_node is None:
             return path, int(torch.multinomial(p, 1, generator=generator))
         path.append(next_node)
+
+
+def accept_greedy(logits: torch.Tensor, tree: DraftTree) -> tuple[list[int], int]:
+    """Greedy verification for all nodes at once, on the logits' device, with one read to the host.
+
+    The rule is the walk from the root that follows, at each node, the first child (in node
+    order) whose token is the target's argmax there, and closes with the argmax at the last
+    node. A node is on that walk exactly when every node from the root's child down to it
+    (a) carries its parent's argmax and (b) has no earlier sibling that does.
+    """
+    device = logits.device
+    choice = logits.argmax(dim=-1)  # [n] the target's token after each node
+    mask = tree.ancestor_mask().to(device)  # [n, n]
+    parent = parents_from_mask(mask)  # [m]
+    matched = tree.tokens.to(device) == choice[parent]  # [m] (a)
+    earlier_sibling = ((parent[:, None] == parent[None, :]) & matched[None, :]).tril(diagonal=-1).any(dim=1)
+    followed = matched & ~earlier_sibling  # (a) and (b)
+    on_path = ~(mask[1:, 1:] & ~followed[None, :]).any(dim=1)  # [m] every node from depth 1 down to it followed
+    depth = mask[1:].sum(dim=1) - 1
+    last = torch.where(on_path, depth, 0).argmax()  # on-path nodes form a chain: the deepest one
+    last = torch.where(on_path[last], last + 1, 0)  # no node on the path: the root
+    host = torch.cat([on_path.to(torch.long), choice[last][None]]).tolist()  # the one read
+    return [0] + [node for node, on in enumerate(host[:-1], start=1) if on], host[-1]
 
 
 def accept_typical(logits: torch.Tensor, tree: DraftTree | None, config: SamplingConfig,

@@ -84,13 +84,16 @@ def decode(adapter: TargetAdapter, prompt: PreparedPrompt, proposer: Proposer | 
         if tree is not None and tree.max_depth >= budget:
             tree = tree.truncated(budget - 1)  # a round can emit at most `budget` tokens
         phase_timer.mark("draft")
+        # The root id is a fill on the device, not a host tensor copied over; a DynamicTree's
+        # depths and mask are already there (draft_tree.DraftTree), so nothing waits on the device.
+        root = torch.full((1,), emitted[-1], dtype=torch.long, device=device)
         if tree is None or tree.num_nodes == 1:
-            verify_ids = torch.tensor([emitted[-1]], device=device)
+            verify_ids = root
             logits, hidden = adapter.forward(verify_ids)
             tree, depths, mask = None, None, None
         else:
-            verify_ids = torch.cat([torch.tensor([emitted[-1]], device=device), tree.tokens.to(device)])
-            depths = torch.tensor(tree.depths, device=device)
+            verify_ids = torch.cat([root, tree.tokens.to(device)])
+            depths = tree.depth_tensor.to(device)
             mask = tree.ancestor_mask().to(device)
             logits, hidden = adapter.forward(verify_ids, depths, mask)
         phase_timer.mark("verify")

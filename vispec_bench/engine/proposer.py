@@ -55,11 +55,15 @@ class Proposer:
     `max_verify_tokens`: the largest verify block (root included) it proposes, if known: the
     compiled engine compiles that size before timing. `cache_slack`: cache entries beyond the
     prompt and the token cap that its forwards may append at once (a static cache is sized with it).
+    `draft_forward_methods` names methods that run draft-network work outside the proposer's
+    nn.Module attributes (whose forwards count anyway): the profiling pass times both as draft
+    forwards (running.instruments.PhaseTimer.instrument), the rest of a round as harness.
     """
 
     acceptance_rule = None
     max_verify_tokens: int | None = None
     cache_slack: int = 0
+    draft_forward_methods: tuple[str, ...] = ()
 
     def start(self, adapter: TargetAdapter, prompt: PreparedPrompt, prefill: PrefillOutput, first_token: int) -> None:
         """Called once after the target's prefill, inside the decode timing."""

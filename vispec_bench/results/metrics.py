@@ -51,13 +51,26 @@ def acceptance_by_depth(records: list[dict]) -> dict[str, float]:
     return {str(d): accepted[d] / reached[d] for d in sorted(reached)}
 
 
+ROUND_PHASES = ("draft", "verify", "accept_commit")
+
+
 def round_breakdown(records: list[dict]) -> dict | None:
+    """ms per round of each phase of the profiling pass and, where every record timed the forwards,
+    of the target forward, the draft forwards and the harness (the rest), with
+    harness_share = Σ harness / Σ round time."""
     profiled = [r["round_breakdown"] for r in records if r.get("round_breakdown")]
     if not profiled:
         return None
     rounds = sum(p["num_rounds"] for p in profiled)
-    return {f"{phase}_ms_per_round": 1000 * sum(p[f"{phase}_s"] for p in profiled) / max(rounds, 1)
-            for phase in ("draft", "verify", "accept_commit")} | {"profiled_rounds": rounds}
+    parts = ROUND_PHASES
+    if all("harness_s" in p for p in profiled):
+        parts += ("target_forward", "draft_forward", "harness")
+    breakdown = {f"{part}_ms_per_round": 1000 * sum(p[f"{part}_s"] for p in profiled) / max(rounds, 1)
+                 for part in parts} | {"profiled_rounds": rounds}
+    if "harness" in parts:
+        round_s = sum(p[f"{phase}_s"] for p in profiled for phase in ROUND_PHASES)
+        breakdown["harness_share"] = sum(p["harness_s"] for p in profiled) / round_s if round_s > 0 else None
+    return breakdown
 
 
 def energy_per_token(records: list[dict]) -> float | None:

@@ -188,7 +188,7 @@ def _breakdown_plot(rows, path):
 
     profiled = [r for r in rows if r["_details"].get("round_breakdown")]
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    labels = [f"{r['_series']} | {_label(r).replace(chr(10), ' | ')}" for r in profiled]
+    labels = [f"{r['_series']} | {_label(r).replace(chr(10), ' | ')}" + _harness_label(r) for r in profiled]
     bottom = [0.0] * len(profiled)
     for phase, color in (("draft", "#4c72b0"), ("verify", "#dd8452"), ("accept_commit", "#55a868")):
         values = [r["_details"]["round_breakdown"][f"{phase}_ms_per_round"] for r in profiled]
@@ -199,6 +199,11 @@ def _breakdown_plot(rows, path):
     ax.set_title("Per-round time: draft / verify / accept+commit")
     ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def _harness_label(row) -> str:
+    share = row["_details"]["round_breakdown"].get("harness_share")
+    return "" if share is None else f" | harness {share:.0%}"
 
 
 def make_plots(rows: list[dict], out: Path) -> list[tuple[str, str]]:
@@ -225,7 +230,10 @@ def make_plots(rows: list[dict], out: Path) -> list[tuple[str, str]]:
     plots.append(("accepted_length_histogram.png", "Accepted-length histogram"))
     if any(r["_details"].get("round_breakdown") for r in rows):
         _breakdown_plot(rows, out / "round_breakdown.png")
-        plots.append(("round_breakdown.png", "Per-round time breakdown (separate profiling pass)"))
+        harness = any(r["_details"]["round_breakdown"].get("harness_share") is not None
+                      for r in rows if r["_details"].get("round_breakdown"))
+        plots.append(("round_breakdown.png", "Per-round time breakdown (separate profiling pass)" + (
+            "; harness: the share of round time outside the target and draft forwards" if harness else "")))
     energy_rows = [r for r in rows if r["joules_per_token"] is not None]
     if energy_rows:
         _grouped_bars(energy_rows, "joules_per_token", "Energy per generated token (NVML)", "J / token",

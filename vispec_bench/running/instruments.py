@@ -5,9 +5,10 @@
   before and after each, so energy per generated token is the counter's difference over the
   sample and nothing samples concurrently with the timed code (a sampler thread would share
   the GIL with a Python-bound decode loop). Without NVML it says why, and everything else works.
-- `PhaseTimer` splits each round into draft, verify and accept/commit time. It synchronises
-  the device at every phase boundary, which slows decoding, so the runner uses it only in a
-  separate profiling pass whose times never enter a speedup. `NULL_PHASE_TIMER` is the
+- `PhaseTimer` splits each round into draft, verify and accept/commit time, and (with
+  `instrument`) times the target and draft forwards inside them, so that the rest, the
+  harness, is measured. It synchronises the device at every boundary, which slows decoding,
+  so the runner uses it only in a separate profiling pass whose times never enter a speedup. `NULL_PHASE_TIMER` is the
   engine's default: the same calls, doing nothing (no synchronisation, no clock read).
 - `synchronize` waits for the device's queued work: every clock read around device work
   follows one (the timing rule of docs/metrics.md).
@@ -15,10 +16,13 @@
 
 from __future__ import annotations
 
+import functools
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 
 def synchronize(device: torch.device | str) -> None:
@@ -91,11 +95,21 @@ class GpuMonitor:
 
 @dataclass
 class PhaseTimer:
-    """Accumulates per-round phase times; every mark synchronises the device first."""
+    """Accumulates per-round phase times; every mark synchronises the device first.
+
+    Within `instrument(adapter, proposer)` it also times the forwards themselves, synchronising
+    before and after each: the target's (`adapter.forward`) and the draft network's (the
+    proposer's own nn.Module attributes, and the methods it names in `draft_forward_methods`).
+    What a round spends outside them is the harness: tree building, masks, acceptance, cache
+    bookkeeping, Python. The profiling pass serialises host and device at every boundary, so its
+    harness share is an upper bound on the timed run's, where host work may overlap the device's.
+    """
 
     device: torch.device | str
     rounds: list[dict] = field(default_factory=list)
     _last: float = 0.0
+    forwards_timed: bool = False  # instrument() was used: the totals split forwards from the harness
+    _in_forward: bool = False
 
     def start_round(self) -> None:
         self._sync()
@@ -111,9 +125,61 @@ class PhaseTimer:
     def _sync(self) -> None:
         synchronize(self.device)
 
+    def timed(self, kind: str, function):
+        """`function` adding its calls' time to the round's `<kind>_forward` (outside a round, or
+        inside another timed call, a call is not counted)."""
+
+        @functools.wraps(function)
+        def call(*args, **kwargs):
+            if not self.rounds or self._in_forward:
+                return function(*args, **kwargs)
+            self._sync()
+            start, self._in_forward = time.perf_counter(), True
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self._sync()
+                self._in_forward = False
+                key = f"{kind}_forward"
+                self.rounds[-1][key] = self.rounds[-1].get(key, 0.0) + time.perf_counter() - start
+
+        return call
+
+    @contextmanager
+    def instrument(self, adapter, proposer):
+        """Time the target's and the draft's forwards while in effect (instance attributes that
+        shadow the methods, removed on exit). Draft modules: the proposer's nn.Module attributes
+        that are not part of the target (EAGLE's `embed` is the target's embedding)."""
+        target_modules = {id(m) for m in adapter.model.modules()}
+        wrapped = [(adapter, "forward", "target")]
+        if proposer is not None:
+            wrapped += [(module, "forward", "draft") for module in vars(proposer).values()
+                        if isinstance(module, nn.Module) and id(module) not in target_modules]
+            wrapped += [(proposer, name, "draft") for name in getattr(proposer, "draft_forward_methods", ())]
+        shadowed = []
+        try:
+            for owner, name, kind in wrapped:
+                shadowed.append((owner, name, owner.__dict__.get(name)))
+                setattr(owner, name, self.timed(kind, getattr(owner, name)))
+            self.forwards_timed = True
+            yield self
+        finally:
+            for owner, name, before in reversed(shadowed):
+                if before is None:
+                    delattr(owner, name)
+                else:
+                    setattr(owner, name, before)
+
     def totals(self) -> dict:
         phases = ("draft", "verify", "accept_commit")
-        return {f"{p}_s": sum(r.get(p, 0.0) for r in self.rounds) for p in phases} | {"num_rounds": len(self.rounds)}
+        totals = {f"{p}_s": sum(r.get(p, 0.0) for r in self.rounds) for p in phases} | {"num_rounds": len(self.rounds)}
+        if self.forwards_timed:
+            forwards = {f"{kind}_forward_s": sum(r.get(f"{kind}_forward", 0.0) for r in self.rounds)
+                        for kind in ("target", "draft")}
+            round_s = sum(totals[f"{p}_s"] for p in phases)
+            harness_s = round_s - sum(forwards.values())
+            totals |= forwards | {"harness_s": harness_s, "harness_share": harness_s / round_s if round_s > 0 else None}
+        return totals
 
 
 class NullPhaseTimer:
