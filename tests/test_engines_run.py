@@ -202,6 +202,7 @@ def test_the_compiled_engine_compiles_in_the_warm_up_and_a_later_compile_is_flag
             torch._dynamo.reset()
 
     monkeypatch.setattr(RunStore, "append", append_then_forget)
+    torch._dynamo.reset()  # graphs of earlier tests (same shapes) would otherwise serve this warm-up
     config = _config(engines=["compiled"], max_new_tokens=8)
     run_dir = Runner(config, out_dir=tmp_path, run_id="c", compile_backend="aot_eager", **QUIET).run()
     records = load_records(run_dir / "records.jsonl")
