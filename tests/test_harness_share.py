@@ -106,7 +106,8 @@ def test_breakdown_summary_pools_the_harness_over_records():
     assert round_breakdown(earlier)["verify_ms_per_round"] == pytest.approx(1000 * 4.0 / 4)
 
 
-@pytest.mark.parametrize("method, draft_work", [("eagle2", {"_top", "transform_features"}), ("medusa-dynamic", set())])
+@pytest.mark.parametrize("method, draft_work", [("eagle2", {"_top", "transform_features", "step", "eager_step"}),
+                                                     ("medusa-dynamic", set())])
 def test_an_instrumented_decode_emits_the_same_ids_and_times_both_forwards(method, draft_work):
     _, adapter = tiny_by_name("tiny-llava")
     built = prepared(method, adapter, draft="random")

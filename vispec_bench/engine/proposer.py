@@ -64,6 +64,7 @@ class Proposer:
     max_verify_tokens: int | None = None
     cache_slack: int = 0
     draft_forward_methods: tuple[str, ...] = ()
+    instrument_modules = True  # False: all draft work goes through draft_forward_methods (see Eagle2Proposer)
 
     def start(self, adapter: TargetAdapter, prompt: PreparedPrompt, prefill: PrefillOutput, first_token: int) -> None:
         """Called once after the target's prefill, inside the decode timing."""

@@ -153,8 +153,9 @@ class PhaseTimer:
         target_modules = {id(m) for m in adapter.model.modules()}
         wrapped = [(adapter, "forward", "target")]
         if proposer is not None:
-            wrapped += [(module, "forward", "draft") for module in vars(proposer).values()
-                        if isinstance(module, nn.Module) and id(module) not in target_modules]
+            if getattr(proposer, "instrument_modules", True):
+                wrapped += [(module, "forward", "draft") for module in vars(proposer).values()
+                            if isinstance(module, nn.Module) and id(module) not in target_modules]
             wrapped += [(proposer, name, "draft") for name in getattr(proposer, "draft_forward_methods", ())]
         shadowed = []
         try:
