@@ -95,7 +95,7 @@ engines_cpu() {
 }
 
 ngram_vs_hf() {
-  python reports/ngram_vs_hf.py --model testbed --limit ${NGRAM_SAMPLES:-12} --max-new-tokens 128
+  python reports/ngram_vs_hf.py --model testbed --limit ${NGRAM_SAMPLES:-10} --max-new-tokens 128
 }
 
 baseline() {
