@@ -25,13 +25,11 @@ depth = levels and total_token = draft nodes: their (d, k, t) is (d - 1, k, t + 
 from __future__ import annotations
 
 import math
-import statistics
-import time
 from dataclasses import asdict, dataclass
 
 import torch
 
-from vispec_bench.running.instruments import synchronize
+from vispec_bench.running.instruments import median_seconds  # also what the methods time their drafts with
 
 
 CONVENTION = "reference"  # recorded with the settings; see the module docstring
@@ -74,18 +72,6 @@ def tau_prior(num_nodes: int) -> float:
     return 1.4 + 0.65 * math.log(num_nodes)
 
 
-def median_seconds(call, device, repeats: int) -> float:
-    call()  # warm-up
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        call()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 @torch.no_grad()
 def verify_costs(adapter, sizes=CANDIDATE_SIZES, repeats: int = 3) -> dict[int, float]:
     """Seconds for one target forward over 1 + n tokens with a tree mask, after a short prompt."""
@@ -99,7 +85,7 @@ def verify_costs(adapter, sizes=CANDIDATE_SIZES, repeats: int = 3) -> dict[int, 
 
         def step():
             adapter.forward(tokens[:count], ancestor_mask=mask)
-            adapter.commit([], count)  # drop what the forward appended
+            adapter.commit([])  # drop what the forward appended
 
         costs[count] = median_seconds(step, adapter.device, repeats)
     return costs

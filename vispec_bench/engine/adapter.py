@@ -5,7 +5,7 @@ The adapter owns the target's KV cache for one sample at a time:
     prompt = adapter.build_prompt(messages, images)   # chat template + image processing (untimed)
     out = adapter.prefill(prompt)                     # vision tower, projector, prompt forward
     logits, hidden = adapter.forward(ids, depths, ancestor_mask)   # k tokens, tree-masked
-    adapter.commit(keep, num_appended)                # keep the accepted path, drop the rest
+    adapter.commit(keep)                              # keep the accepted path, drop the rest
 
 No modeling file is copied: prefill calls the HF base model (which merges image features and,
 for Qwen2.5-VL, computes the 3-D mrope positions); a forward pre-hook on its language model
@@ -170,7 +170,7 @@ class TargetAdapter:
         """Static engines: room for `tokens` cache entries (prompt + token cap + verify block)."""
         self.engine.reserve(tokens)
 
-    def commit(self, keep: list[int], num_appended: int | None = None) -> None:
+    def commit(self, keep: list[int]) -> None:
         """Keep `keep` (ascending indices into the last forward's tokens), drop the rest.
 
         The last forward appended its block (padded to its bucket on a compiled engine) after
@@ -267,7 +267,6 @@ class TargetAdapter:
         visible[:num_tokens, past:past + num_tokens] = block
         if pad:
             visible[num_tokens:, past + num_tokens:] = torch.eye(pad, dtype=torch.bool, device=self.device)
-            visible[num_tokens:, :past] = True
             token_ids = torch.cat([token_ids, token_ids.new_zeros(pad)])
             depths = torch.cat([depths, depths.new_zeros(pad)])
         logits, hidden = self._step(token_ids[None], self.position_ids(past + depths),

@@ -17,7 +17,7 @@ import torch
 from vispec_bench.errors import InputError
 from vispec_bench.engine.acceptance import SamplingConfig, accept, first_token
 from vispec_bench.engine.adapter import PreparedPrompt, TargetAdapter
-from vispec_bench.engine.engines import DEFAULT_VERIFY_SLACK, compiled_graphs
+from vispec_bench.engine.engines import compiled_graphs, reserved_slack
 from vispec_bench.engine.proposer import EmittedIds, Proposer, RoundResult
 from vispec_bench.running.instruments import NULL_PHASE_TIMER, NullPhaseTimer, PhaseTimer, synchronize
 
@@ -51,8 +51,7 @@ def decode(adapter: TargetAdapter, prompt: PreparedPrompt, proposer: Proposer | 
     eos = set(adapter.eos_token_ids)
     # Static engines: cache room for the prompt, the cap and the largest block a round appends
     # (a no-op once the runner has reserved for its largest prompt); compiled: the verify sizes.
-    slack = max(proposer.max_verify_tokens or DEFAULT_VERIFY_SLACK, proposer.cache_slack) if proposer else 1
-    adapter.reserve(int(prompt.input_ids.shape[0]) + max_new_tokens + slack)
+    adapter.reserve(int(prompt.input_ids.shape[0]) + max_new_tokens + reserved_slack(proposer))
     adapter.engine.register_bucket(1)
     if proposer is not None and proposer.max_verify_tokens:
         adapter.engine.register_bucket(proposer.max_verify_tokens)
@@ -98,7 +97,7 @@ def decode(adapter: TargetAdapter, prompt: PreparedPrompt, proposer: Proposer | 
             logits, hidden = adapter.forward(verify_ids, depths, mask)
         phase_timer.mark("verify")
         path, closing = rule(logits, tree, sampling, generator)
-        adapter.commit(path, num_appended=verify_ids.shape[0])
+        adapter.commit(path)
 
         path_tokens = verify_ids[path].tolist()
         num_before = len(emitted)

@@ -33,6 +33,14 @@ CAPACITY_STEP = 256  # cache capacity is rounded up to this, so prompts of simil
 DEFAULT_VERIFY_SLACK = 64  # room for a verify block when a proposer does not say its size
 
 
+def reserved_slack(proposer) -> int:
+    """Cache entries beyond prompt + token cap that a proposer's round may append at once (its
+    largest verify block or its draft's cache_slack; DEFAULT_VERIFY_SLACK when it does not say)."""
+    if proposer is None:
+        return 1
+    return max(proposer.max_verify_tokens or DEFAULT_VERIFY_SLACK, proposer.cache_slack)
+
+
 def check_engine(name: str) -> str:
     if name not in ENGINES:
         close = difflib.get_close_matches(name, ENGINES, n=1)

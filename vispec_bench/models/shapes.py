@@ -32,15 +32,12 @@ def llava15_7b_config(tokenizer):
 
 
 def build_llava15_7b_shapes(dtype=torch.bfloat16, device="cpu", seed: int = 0):
-    from transformers import CLIPImageProcessor, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers import LlavaForConditionalGeneration
 
-    from vispec_bench.models.tiny import build_tokenizer
+    from vispec_bench.models.tiny import llava_processor
 
-    tokenizer = build_tokenizer("<image>")
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=14,
-                               vision_feature_select_strategy="default", chat_template=tokenizer.chat_template,
-                               image_token="<image>", num_additional_image_tokens=1)
+    processor = llava_processor(LLAVA15_7B_VISION["image_size"], LLAVA15_7B_VISION["patch_size"])
+    tokenizer = processor.tokenizer
     torch.manual_seed(seed)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # built in the target dtype on the target device: no float32 copy of 7 B

@@ -75,14 +75,23 @@ def _text_config(tokenizer) -> dict:
                 bos_token_id=None, pad_token_id=tokenizer.pad_token_id)
 
 
-def build_tiny_llava(dtype=torch.float32, device="cpu", seed: int = 0):
-    from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+def llava_processor(image_size: int, patch_size: int):
+    """A LlavaProcessor over the local tokenizer for a CLIP tower of this input size and patch."""
+    from transformers import CLIPImageProcessor, LlavaProcessor
 
     tokenizer = build_tokenizer("<image>")
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=8,
-                               vision_feature_select_strategy="default", chat_template=tokenizer.chat_template,
-                               image_token="<image>", num_additional_image_tokens=1)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": image_size},
+                                         crop_size={"height": image_size, "width": image_size})
+    return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size,
+                          vision_feature_select_strategy="default", chat_template=tokenizer.chat_template,
+                          image_token="<image>", num_additional_image_tokens=1)
+
+
+def build_tiny_llava(dtype=torch.float32, device="cpu", seed: int = 0):
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    processor = llava_processor(CLIP_CONFIG["image_size"], CLIP_CONFIG["patch_size"])
+    tokenizer = processor.tokenizer
     config = LlavaConfig(vision_config=CLIP_CONFIG, text_config=dict(_text_config(tokenizer), model_type="llama"),
                          image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
     torch.manual_seed(seed)

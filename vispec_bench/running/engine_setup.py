@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from vispec_bench.engine.engines import DEFAULT_VERIFY_SLACK, check_engine
+from vispec_bench.engine.engines import DEFAULT_VERIFY_SLACK, check_engine, reserved_slack
 from vispec_bench.errors import InputError
 from vispec_bench.plugins.method import SampleContext
 
@@ -38,7 +38,7 @@ def proposer_slack(methods, adapter, sample_id: str) -> int:
     for method in methods:
         proposer = method.make_proposer(adapter, SampleContext(sample_id, reference_ids=[]))
         if proposer is not None:
-            slack = max(slack, proposer.max_verify_tokens or DEFAULT_VERIFY_SLACK, proposer.cache_slack)
+            slack = max(slack, reserved_slack(proposer))
     return slack
 
 

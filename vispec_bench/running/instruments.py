@@ -17,12 +17,26 @@
 from __future__ import annotations
 
 import functools
+import statistics
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+
+def median_seconds(call, device, repeats: int) -> float:
+    """Median wall time of `call` over `repeats` runs after one warm-up, synchronised around each."""
+    call()  # warm-up
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        call()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def synchronize(device: torch.device | str) -> None:

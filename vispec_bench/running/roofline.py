@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from vispec_bench.running.instruments import synchronize
+from vispec_bench.running.instruments import median_seconds, synchronize
 
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_addmm_activation", "mkldnn::_linear_pointwise",
               "aten::linear", "aten::matmul", "mkl::_mkl_linear")
@@ -25,26 +25,14 @@ ATTENTION_OPS = ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::sca
                  "aten::_scaled_dot_product_flash_attention", "aten::_scaled_dot_product_cudnn_attention")
 
 
-def _median_seconds(function, device, repeats: int) -> float:
-    function()
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        function()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def measure_bandwidth(device="cpu", megabytes: int = 1024, repeats: int = 7) -> dict:
     """Memory bandwidth in GB/s: a sum over `megabytes` (reads them once) and a copy (reads and
     writes them); the reference is the better of the two, what a streaming kernel reaches here."""
     source = torch.ones(megabytes * 2 ** 20 // 4, dtype=torch.float32, device=device)
     target = torch.empty_like(source)
     size = source.numel() * 4
-    read_s = _median_seconds(lambda: source.sum(), device, repeats)
-    copy_s = _median_seconds(lambda: target.copy_(source), device, repeats)
+    read_s = median_seconds(lambda: source.sum(), device, repeats)
+    copy_s = median_seconds(lambda: target.copy_(source), device, repeats)
     read, copy = size / read_s / 1e9, 2 * size / copy_s / 1e9
     return {"read_gbs": read, "copy_gbs": copy, "bandwidth_gbs": max(read, copy), "megabytes": megabytes,
             "threads": torch.get_num_threads()}
