@@ -49,16 +49,18 @@ class EagleDraft(nn.Module):
     """fc(cat(e, h)) -> one decoder layer. Parameter names match the published EAGLE layout.
 
     `published`: a published draft's config.json, whose layer shapes and `bias` (fc has a bias
-    unless `"bias": false`, e.g. the EAGLE-LLaMA3 drafts) the draft takes; None for our own."""
+    unless `"bias": false`, e.g. the EAGLE-LLaMA3 drafts) the draft takes; None for our own.
+    `input_norm`: keep the decoder layer's input RMSNorm on the fc output (EagleVLM); EAGLE removes it."""
 
-    def __init__(self, text_config, published: dict | None = None):
+    def __init__(self, text_config, published: dict | None = None, input_norm: bool = False):
         super().__init__()
         config, layer_class, rotary_class = draft_layer_config(text_config, published)
         hidden = config.hidden_size
         self.config = config
         self.fc = nn.Linear(2 * hidden, hidden, bias=bool((published or {}).get("bias", True)))
         self.layers = nn.ModuleList([layer_class(config, layer_idx=0)])
-        self.layers[0].input_layernorm = nn.Identity()  # EAGLE: the fc output enters attention un-normed
+        if not input_norm:
+            self.layers[0].input_layernorm = nn.Identity()  # EAGLE: the fc output enters attention un-normed
         self.rotary_emb = rotary_class(config=config)
         self.register_buffer("token_map", None)  # reduced draft vocabulary (vispec_bench.drafts.vocab), if fitted
 
