@@ -32,7 +32,7 @@ from vispec_bench.drafts import tree_settings
 from vispec_bench.plugins.draft_training import DraftTraining
 from vispec_bench.plugins.method import DraftMethod, DraftOptions
 from vispec_bench.drafts.tree_settings import TreeSettings
-from vispec_bench.engine.proposer import Proposer
+from vispec_bench.engine.proposer import Proposer, draft_kv_bytes
 from vispec_bench.engine.draft_tree import DraftTree
 from vispec_bench.drafts.dynamic_tree import DynamicTree
 from vispec_bench.drafts.draft_layer import draft_layer_config
@@ -94,6 +94,12 @@ def causal_visible(num_new: int, num_past: int, device) -> torch.Tensor:
     return torch.ones(num_new, num_past + num_new, dtype=torch.bool, device=device).tril(num_past)
 
 
+def image_pair_count(image_spans, num_pairs: int) -> int:
+    """Prompt pairs (h_i, e_{i+1}), i < num_pairs, whose next token is an image token: an image at
+    tokens [s, e) is carried by pairs s - 1 ... e - 2 (e - s of them; one fewer when s = 0)."""
+    return sum(max(0, min(end - 1, num_pairs) - max(start - 1, 0)) for start, end in image_spans)
+
+
 @dataclass
 class Eagle2Options(DraftOptions):  # draft: ours or the EAGLE authors' layout
     # Tree, in the reference's convention (vispec_bench.drafts.tree_settings): 0 = the device's default
@@ -114,6 +120,10 @@ class Eagle2Proposer(Proposer):
     # forward would change what the compiled engine's graphs trace, and recompile them.
     draft_forward_methods = ("transform_features", "_top", "step", "eager_step")
     instrument_modules = False
+    # The draft's cost (draft_cost), set by prefill_pairs: visual positions its cache holds for the
+    # prompt, and how they were compressed (a subclass that compresses names it, e.g. "pool/4").
+    draft_visual_tokens: int = 0
+    draft_compression: str | None = None
 
     def __init__(self, draft: EagleDraft, adapter, options: Eagle2Options, draft_head: torch.Tensor,
                  tree: TreeSettings, step=None):
@@ -132,10 +142,12 @@ class Eagle2Proposer(Proposer):
         self.draft_buckets = sorted({tree.top_k, tree.levels + 1}) if self.engine.compiled else []
         self.max_verify_tokens = tree.draft_nodes + 1  # the engine's verify block (its compile bucket)
         self.cache_slack = max(self.max_verify_tokens, tree.levels * tree.top_k + tree.levels + 1)
+        self.prompt_pairs = self.peak_cache_length = 0
 
     # --- what ViSpec overrides ------------------------------------------------------------
     def prefill_pairs(self, prompt, prefill, first_token: int):
         """Draft inputs for the prompt: pair i = (h_i, e_{i+1}) at position i; e_S is the first token's."""
+        self.draft_visual_tokens = image_pair_count(prompt.image_spans, prefill.hidden.shape[0])
         first = self.embed(torch.tensor([first_token], device=self.device))
         return prefill.hidden, torch.cat([prefill.input_embeds[1:], first]), torch.arange(
             prefill.hidden.shape[0], device=self.device)
@@ -148,7 +160,9 @@ class Eagle2Proposer(Proposer):
     def start(self, adapter, prompt, prefill, first_token):
         self.cache = self.engine.new_cache(self.draft.config, key="draft")
         self.cache_length = 0  # entries in the draft's cache (tracked here: no device read per round)
+        self.peak_cache_length = 0  # the most it held, tree nodes included (draft_cost; a host int too)
         self.pending = self.prefill_pairs(prompt, prefill, first_token)
+        self.prompt_pairs = self.pending[2].shape[0]
         self.pending_end = int(self.pending[2][-1]) + 1  # the position after the pending pairs
 
     def absorb(self, result):
@@ -170,6 +184,7 @@ class Eagle2Proposer(Proposer):
             out = self.eager_step(self.draft, features[None], token_embeds[None], positions[None],
                                   self.engine.mask(visible, self.dtype), self.cache, **extra)[0]
             self.cache_length += num
+            self.peak_cache_length = max(self.peak_cache_length, self.cache_length)
             return out
         pad = padded - num
         if pad:
@@ -186,7 +201,19 @@ class Eagle2Proposer(Proposer):
         if pad:
             self.cache.crop(-pad)
         self.cache_length += num
+        self.peak_cache_length = max(self.peak_cache_length, self.cache_length)
         return out[:num]
+
+    def draft_cost(self) -> dict:
+        """The draft cache's visual positions for the prompt and its peak size, in entries (compiled
+        engine: padding rows, cropped at once, not counted) and bytes of K and V."""
+        cost = {"visual_tokens": self.draft_visual_tokens, "kv_tokens": self.peak_cache_length,
+                "kv_bytes": draft_kv_bytes(self.peak_cache_length, self.draft.config,
+                                           next(self.draft.parameters()).dtype),
+                "prompt_pairs": self.prompt_pairs}
+        if self.draft_compression:
+            cost["compression"] = self.draft_compression
+        return cost
 
     def _top(self, hidden, k: int):
         """(log-probabilities, target token ids) of the draft's k best tokens, along the last dim."""

@@ -45,7 +45,7 @@ from vispec_bench.engine.acceptance import accept_typical
 from vispec_bench.drafts.vocab import head_weight, to_draft, to_vocab, token_map_of
 from vispec_bench.plugins.draft_training import DraftTraining
 from vispec_bench.plugins.method import DraftMethod, DraftOptions
-from vispec_bench.engine.proposer import Proposer
+from vispec_bench.engine.proposer import NO_DRAFT_CACHE, Proposer
 from vispec_bench.engine.draft_tree import DraftTree
 
 
@@ -139,6 +139,9 @@ class MedusaProposer(Proposer):
 
     def absorb(self, result):
         self.last_hidden = result.path_hidden[-1]
+
+    def draft_cost(self) -> dict:
+        return dict(NO_DRAFT_CACHE)  # the heads read the target's last hidden state: no draft cache
 
     @torch.no_grad()
     def propose(self, emitted, budget):

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from vispec_bench.engine.draft_tree import DraftTree, chain
-from vispec_bench.engine.proposer import Proposer
+from vispec_bench.engine.proposer import NO_DRAFT_CACHE, Proposer
 from vispec_bench.errors import InputError
 from vispec_bench.plugins.method import Method
 
@@ -67,6 +67,9 @@ class NgramProposer(Proposer):
     def start(self, adapter, prompt, prefill, first_token):
         self._extend(prompt.input_ids.tolist())
         self.prompt_length = len(self.context)
+
+    def draft_cost(self) -> dict:
+        return dict(NO_DRAFT_CACHE)  # a lookup in the token ids: no draft network, no draft cache
 
     def _extend(self, tokens) -> None:
         context, index, image, sizes = self.context, self.index, self.image_token_id, self.sizes

@@ -61,7 +61,7 @@ from vispec_bench.errors import InputError
 from vispec_bench.drafts.checkpoints import DraftCheckpointError, load_matching
 from vispec_bench.drafts.vocab import BUFFER, set_token_map
 from methods.eagle2 import (Eagle2, Eagle2Options, Eagle2Proposer, EagleDraft, EagleTrainer, additive_mask,
-                            causal_visible, published_config)
+                            causal_visible, image_pair_count, published_config)
 
 
 class VisionAdaptor(nn.Module):
@@ -120,6 +120,7 @@ class SplicedPairs:
     targets: torch.Tensor  # [m] index of the feature each pair predicts (position + 1)
     global_features: torch.Tensor | None  # [K, H] g of each image; None = g is 0 everywhere
     fusion_starts: torch.Tensor  # [K] first pair position fused with each image's g (image end - 1)
+    num_direct: int = 0  # compressed rows (direct.sum(), counted on the host: no device read)
 
 
 def splice_pairs(draft: ViSpecDraft, hidden: torch.Tensor, input_embeds: torch.Tensor,
@@ -138,6 +139,7 @@ def splice_pairs(draft: ViSpecDraft, hidden: torch.Tensor, input_embeds: torch.T
     outputs = [draft.imadpt(input_embeds[start:end]) for start, end in image_spans]
     keep = torch.ones(num_pairs, dtype=torch.bool, device=device)
     direct = torch.zeros(num_pairs, dtype=torch.bool, device=device)
+    num_direct = 0
     if use_adaptor:
         for (start, end), out in zip(image_spans, outputs):
             if end - start < num_compressed:
@@ -147,10 +149,11 @@ def splice_pairs(draft: ViSpecDraft, hidden: torch.Tensor, input_embeds: torch.T
             token_embeds[compressed_from:end - 1] = out[num_compressed - (end - 1 - compressed_from):num_compressed].to(
                 token_embeds.dtype)
             direct[compressed_from:end - 1] = True
+            num_direct += end - 1 - compressed_from
     global_features = torch.stack([out[-1] for out in outputs]) if (use_global and outputs) else None
     fusion_starts = torch.tensor([end - 1 for _, end in image_spans], device=device, dtype=torch.long)
     return SplicedPairs(features[keep], token_embeds[keep], direct[keep], positions[keep], positions[keep] + 1,
-                        global_features, fusion_starts)
+                        global_features, fusion_starts, num_direct)
 
 
 def fuse_global(draft: ViSpecDraft, features: torch.Tensor, positions: torch.Tensor,
@@ -180,6 +183,11 @@ class ViSpecProposer(Eagle2Proposer):
                              prompt.image_spans, self.options.adaptor, self.options.global_feature)
         self.global_features, self.fusion_starts = pairs.global_features, pairs.fusion_starts
         self.prompt_features, self.prompt_direct = pairs.features, pairs.direct
+        if self.options.adaptor:  # the draft's cache holds num_q - 1 compressed tokens per image
+            self.draft_visual_tokens = pairs.num_direct
+            self.draft_compression = f"adaptor:{self.options.num_q - 1}/image"
+        else:  # vispec-noadaptor: the image's pairs, as EAGLE-2
+            self.draft_visual_tokens = image_pair_count(prompt.image_spans, prefill.hidden.shape[0])
         return pairs.features, pairs.token_embeds, pairs.positions
 
     def transform_features(self, features, positions):

@@ -31,6 +31,7 @@ class DecodeResult:
     decode_s: float = 0.0  # everything after the first token (draft prefill included)
     stop_reason: str = ""  # "eos" or "max_new_tokens"
     compiles: int = 0  # graphs compiled during this decode (timed): > 0 means compile time is in decode_s
+    draft_cost: dict | None = None  # Proposer.draft_cost(), read after the timed region; None without a proposer
 
     @property
     def num_rounds(self) -> int:
@@ -69,6 +70,7 @@ def decode(adapter: TargetAdapter, prompt: PreparedPrompt, proposer: Proposer | 
         result.stop_reason = "eos" if emitted[0] in eos else "max_new_tokens"
         result.prefill_s = t_first - t_start
         result.compiles = compiled_graphs() - graphs_before
+        result.draft_cost = None if proposer is None else proposer.draft_cost()  # never started: nothing drafted
         return result
     rule = accept
     emitted_view = EmittedIds(emitted)  # proposers read the output through it, never change it
@@ -122,4 +124,5 @@ def decode(adapter: TargetAdapter, prompt: PreparedPrompt, proposer: Proposer | 
     result.prefill_s = t_first - t_start
     result.decode_s = t_end - t_first
     result.compiles = compiled_graphs() - graphs_before
+    result.draft_cost = None if proposer is None else proposer.draft_cost()  # after the clock stopped
     return result

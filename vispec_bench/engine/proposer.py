@@ -76,3 +76,22 @@ class Proposer:
 
     def absorb(self, result: RoundResult) -> None:
         """Update draft state with the verified round (accepted path, target hidden states)."""
+
+    def draft_cost(self) -> dict:
+        """What the draft side held for this decode, read by `decode` after its timed region (so it
+        may read the device). Keys: `visual_tokens` (visual positions the draft's cache holds for the
+        prompt), `kv_tokens` (the draft cache's peak entries, tree nodes included), `kv_bytes`
+        (`draft_kv_bytes` of kv_tokens), and method-specific extras. {} (the default): the method
+        reports no draft-side sequence; a method that has none says so with NO_DRAFT_CACHE."""
+        return {}
+
+
+NO_DRAFT_CACHE = {"visual_tokens": 0, "kv_tokens": 0, "kv_bytes": 0}  # draft_cost of a method without a draft cache
+
+
+def draft_kv_bytes(kv_tokens: int, config, dtype: torch.dtype) -> int:
+    """Bytes of kv_tokens entries of a KV cache of a network with this (text) config, in dtype:
+    kv_tokens x 2 (K and V) x layers x num_key_value_heads x head_dim x element size."""
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return int(kv_tokens) * 2 * config.num_hidden_layers * heads * head_dim * dtype.itemsize

@@ -89,6 +89,16 @@ COLUMNS: tuple[Column, ...] = (
        table=True),
     _c("speedup_e2e_vs_best_ar", "vs best AR (e2e)", "{:.2f}x", "the end-to-end per-token speedup against AR on "
        "the run's fastest AR engine", ci=True, table=True),
+    _c("draft_visual_tokens", "draft visual", "{:.0f}", "mean visual positions the draft's KV cache holds for "
+       "the prompt per record (record `draft_cost.visual_tokens`: EAGLE-2 every image token, ViSpec num_q − 1 "
+       "per image; 0 for Medusa and ngram, which keep no draft cache); — for AR and for records without it",
+       table=True),
+    _c("draft_kv_tokens", "draft KV tok", "{:.0f}", "mean peak entries of the draft's KV cache over a decode "
+       "(prompt pairs, committed tokens and the largest draft tree)", table=True),
+    _c("draft_kv_mib", "draft KV MiB", "{:.2f}", "mean peak draft KV cache size in MiB: KV tokens × 2 (K, V) × "
+       "layers × KV heads × head dim × the draft's element size", table=True),
+    _c("draft_compression", "compression", "{}", "how the draft's cache compresses the images, where the method "
+       "names it (e.g. ViSpec adaptor:1/image)", "text"),
     _c("best_ar_engine", "best AR", "{}", "the engine whose AR decodes fastest per token over the run (lowest "
        "Σ decode time / Σ decode tokens of its AR records)", "text"),
     _c("speedup_decode_geomean", "geomean", "{:.2f}x", "geometric mean over samples of the per-sample decode "

@@ -113,6 +113,23 @@ def divergence_kind(record: dict, dtype: str) -> str:
     return "numerical_tie" if match.get("numerical_tie") else "unexplained"
 
 
+def draft_cost_fields(records: list[dict]) -> dict:
+    """Means over the records of their `draft_cost` (visual tokens, peak KV tokens, KV MiB); None
+    unless every record carries the figure (AR, a method that reports none, records written
+    before the field existed)."""
+    costs = [r.get("draft_cost") for r in records]
+
+    def mean(key: str, scale: float = 1.0):
+        values = [cost.get(key) for cost in costs if isinstance(cost, dict)]
+        if not records or len(values) < len(records) or any(v is None for v in values):
+            return None
+        return sum(values) / len(values) / scale
+
+    names = sorted({str(cost["compression"]) for cost in costs if isinstance(cost, dict) and cost.get("compression")})
+    return {"draft_visual_tokens": mean("visual_tokens"), "draft_kv_tokens": mean("kv_tokens"),
+            "draft_kv_mib": mean("kv_bytes", 2 ** 20), "draft_compression": " ".join(names) or None}
+
+
 def _decode_tokens(record: dict) -> int:
     return record["num_new_tokens"] - 1  # the first token comes out of prefill
 
@@ -217,6 +234,7 @@ def summarize_method(method: str, records: list[dict], ar_records: list[dict], d
         **_ci_fields("mean_accepted_length", uncertainty.ratio_ci(s["emitted"], s["rounds"])),
         **_speedup_fields(t),
         **_speedup_fields(_per_sample(best), "_vs_best_ar"),
+        **draft_cost_fields(paired),
         "num_recompiled": len(pairs) - len(timed_pairs),
         "recompiled": [f"{r['sample_id']}#{r.get('repeat', 0)} ({method if not by_engine.timed(r) else 'its ar'})"
                        for a, r in pairs if not (by_engine.timed(a) and by_engine.timed(r))],

@@ -278,6 +278,7 @@ class Runner:
             "num_rounds": result.num_rounds,
             "accepted_lengths": result.accepted_lengths,
             "draft_depths": result.draft_depths,
+            "draft_cost": result.draft_cost,  # the draft side's visual tokens and peak KV cache; None for AR
             "prefill_s": result.prefill_s,
             "decode_s": result.decode_s,
             "compiles": result.compiles,  # graphs compiled inside the timed decode: > 0 keeps it out of timing
