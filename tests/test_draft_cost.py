@@ -8,6 +8,7 @@ import shutil
 import torch
 
 from conftest import GREEDY, easyvqa_samples, prepared, tiny_by_name, two_image_messages
+from methods.eagle2 import image_pair_count
 from vispec_bench.engine.decode import decode
 from vispec_bench.results.records import load_records
 from vispec_bench.results.report import write_report
@@ -43,6 +44,14 @@ def _draft_kv_bytes_per_entry(draft) -> int:
     return sum(2 * layer.self_attn.k_proj.out_features * element for layer in draft.layers)
 
 
+def test_image_pairs_are_those_whose_next_token_is_an_image_token():
+    # Pair i = (h_i, e_{i+1}): an image at tokens [s, e) is carried by pairs s - 1 ... e - 2.
+    for spans, num_pairs in (([(3, 8)], 10), ([(0, 5)], 10), ([(1, 4), (4, 9)], 9), ([(2, 6), (7, 10)], 10)):
+        brute = sum(any(s <= i + 1 < e for s, e in spans) for i in range(num_pairs))
+        assert image_pair_count(spans, num_pairs) == brute, (spans, num_pairs)
+    assert image_pair_count([(0, 5)], 10) == 4  # an image at token 0: its first token ends no pair
+
+
 def test_draft_cost_of_each_method_with_one_and_two_images():
     _, adapter = tiny_by_name("tiny-llava")
     prompts = _prompts(adapter)
@@ -52,6 +61,8 @@ def test_draft_cost_of_each_method_with_one_and_two_images():
         image_tokens = sum(end - start for start, end in prompt.image_spans)
         length = int(prompt.input_ids.shape[0])
         assert image_tokens == 16 * len(prompt.image_spans)  # tiny-llava: 16 tokens per image, none at token 0
+        # The pairs whose next token (input_ids[1:], then the first generated token) is an image token.
+        assert image_tokens == int((prompt.input_ids[1:] == adapter.image_token_id).sum())
         expected = {"eagle2": (image_tokens, length), "vispec-noadaptor": (image_tokens, length),
                     "vispec": (2 * prompt.num_images, length - image_tokens + 2 * prompt.num_images)}
         for name, method in methods.items():
