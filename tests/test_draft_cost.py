@@ -73,6 +73,9 @@ def test_draft_cost_of_each_method_with_one_and_two_images():
             assert cost["kv_tokens"] == max(lengths) > pairs, (name, cost, max(lengths))
             assert cost["kv_bytes"] == cost["kv_tokens"] * _draft_kv_bytes_per_entry(method.draft)
             assert cost.get("compression") == ("adaptor:2/image" if name == "vispec" else None)
+    # A decode that ends with its first token (EOS or a cap of 1) never starts the draft: nothing held.
+    assert decode(adapter, prompts[0], methods["eagle2"].make_proposer(adapter, None), 1, GREEDY).draft_cost == {
+        "visual_tokens": 0, "kv_tokens": 0, "kv_bytes": 0, "prompt_pairs": 0}
     # ViSpec's count is the splice's compressed rows.
     proposer = methods["vispec"].make_proposer(adapter, None)
     prefill = adapter.prefill(prompts[1])

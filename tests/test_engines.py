@@ -58,10 +58,16 @@ def _check_engine_equals_eager(name, engine, backend, max_new_tokens=24):
                      BranchingOracle(reference.new_ids, adapter.vocab_size),
                      *[m.make_proposer(adapter, SampleContext("s", reference.new_ids))
                        for m in _methods(name, engine, backend)]]
+        costs = []
         for proposer in proposers:
             result = decode(adapter, prompt, proposer, max_new_tokens, GREEDY)
             assert result.new_ids == reference.new_ids, f"{type(proposer).__name__} on {engine}, prompt {index}"
             assert sum(result.accepted_lengths) + 1 == len(result.new_ids)
+            costs.append(result.draft_cost)
+        if engine == "compiled" and index == 0:  # padded draft blocks: eagle2's draft cost is eager's (no padding)
+            on_eager = _engine_adapter(name, "eager", backend)
+            eagle2 = _methods(name, "eager", backend)[0].make_proposer(on_eager, None)
+            assert costs[2] == decode(on_eager, prompt, eagle2, max_new_tokens, GREEDY).draft_cost
         oracle = decode(adapter, prompt, OracleProposer(reference.new_ids, 4, False, adapter.vocab_size),
                         max_new_tokens, GREEDY)
         if reference.stop_reason == "max_new_tokens":
