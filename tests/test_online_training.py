@@ -66,6 +66,10 @@ def gen_data_answers(data_dir) -> dict[str, list[int]]:
             for row in load_records(data_dir / "rows.jsonl")}
 
 
+def _no_model(*args, **kwargs):
+    raise AssertionError("the target was loaded before the settings were checked")
+
+
 def _log(out):
     return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
 
@@ -158,6 +162,8 @@ def test_online_resume_regenerates_the_answers_and_ends_where_an_uninterrupted_r
     config = dict(method="medusa", steps=4, eval_every=4, save_every=2, **ONLINE)
     whole = tmp_path / "whole"
     train(TrainConfig(out=str(whole), **config), **QUIET)
+    with pytest.raises(FileExistsError, match="--resume"):  # refused before the target answers anything
+        train(TrainConfig(out=str(whole), **config), model_loader=_no_model, **QUIET)
 
     cut = tmp_path / "cut"
     real = training_module.OnlineFeatureSource.__getitem__
@@ -197,10 +203,7 @@ def test_online_resume_regenerates_the_answers_and_ends_where_an_uninterrupted_r
      r"--snapshot-epochs 2: the run has epochs 1..1 \(5 steps"),
 ])
 def test_training_flag_mistakes_are_named_before_the_target_loads(tmp_path, capsys, monkeypatch, flags, message):
-    def no_model(*args, **kwargs):
-        raise AssertionError("the target was loaded before the flags were checked")
-
-    monkeypatch.setattr(training_module, "load_model", no_model)
+    monkeypatch.setattr(training_module, "load_model", _no_model)
     with pytest.raises(InputError, match=message):
         _train(flags, tmp_path)
     capsys.readouterr()

@@ -195,6 +195,11 @@ def train(config: TrainConfig, progress: bool = True, log=print, model_loader=No
     steps_per_epoch = len(train_rows[0::world])  # the largest share: every process runs the same steps
     total_steps = config.total_steps(steps_per_epoch)
     snapshots = config.snapshots(steps_per_epoch)  # {step: epoch}
+    state_path = out / STATE
+    if config.resume and not state_path.exists():
+        raise MissingInputError(f"--resume: {state_path} does not exist; nothing to resume")
+    if not config.resume and (out / "draft.safetensors").exists():  # before any answer is generated
+        raise ExistingOutputError(f"{out} already holds a checkpoint; pass --resume to continue it or use a new --out")
     loaded = (model_loader or load_model)(config.model, dtype, device, seed=config.seed)
     adapter = make_adapter(loaded.model, loaded.processor)
     for param in loaded.model.parameters():
@@ -220,10 +225,7 @@ def train(config: TrainConfig, progress: bool = True, log=print, model_loader=No
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, config.warmup_steps, total_steps))
     start_step = 0
-    state_path = out / STATE
     if config.resume:
-        if not state_path.exists():
-            raise MissingInputError(f"--resume: {state_path} does not exist; nothing to resume")
         state = load_state(state_path, required=("step", "optimizer", "scheduler", "rng"))
         saved = load_draft(out).state_dict
         set_token_map(draft, saved.get(BUFFER))
@@ -234,8 +236,6 @@ def train(config: TrainConfig, progress: bool = True, log=print, model_loader=No
         restore_rng_state(state["rng"], device)
         log(f"resuming training at step {start_step} of {total_steps}"
             + (" (online: the answers are regenerated as the prompts come up)" if config.online else ""))
-    elif (out / "draft.safetensors").exists():
-        raise ExistingOutputError(f"{out} already holds a checkpoint; pass --resume to continue it or use a new --out")
     accelerator.wait_for_everyone()  # nobody writes before every process has checked the output directory
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
