@@ -35,7 +35,7 @@ from vispec_bench.drafts.provenance import draft_provenance
 from vispec_bench.engine.acceptance import SamplingConfig
 from vispec_bench.engine.adapter import make_adapter
 from vispec_bench.engine.decode import decode
-from vispec_bench.errors import InputError
+from vispec_bench.errors import InputError, UserError
 from vispec_bench.models.loading import load_model, resolve_device, resolve_dtype
 from vispec_bench.plugins.method import make_method
 from vispec_bench.plugins.suite import make_suite
@@ -196,4 +196,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as err:  # a missing snapshot, a malformed METHOD=OUT_DIR: one line, as the CLI says it
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
