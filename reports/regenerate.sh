@@ -11,6 +11,8 @@
 #   reports/regenerate.sh baseline            # reports/baseline.json from 5 repeats of the CI gate runs
 #   reports/regenerate.sh engines-cpu         # eager / static / compiled, float32 and bfloat16, + roofline
 #   reports/regenerate.sh ngram-vs-hf         # our ngram against HF's prompt lookup, same process
+#   reports/regenerate.sh training-scaling    # online-trained EAGLE-family drafts: tau per epoch (not in
+#                                             # `all`: hours on a CPU; needs the eaglevlm and specvlm methods)
 #
 # Runs and drafts go to $WORK (default /tmp/vispec-regenerate). Timings are only meaningful on a
 # machine doing nothing else: run it alone.
@@ -98,6 +100,27 @@ ngram_vs_hf() {
   python reports/ngram_vs_hf.py --model testbed --limit ${NGRAM_SAMPLES:-10} --max-new-tokens 128
 }
 
+training_scaling() {
+  # SpecVLM's training-time scaling: each EAGLE-family draft trained online (`train --online`: the
+  # testbed answers easy-VQA train prompts during training, nothing stored) from scratch, with the
+  # testbed drafts' reduced vocabulary, a snapshot at the end of epochs 1, 2, 4 and 8; then tau of
+  # every snapshot on easy-VQA test samples (reports/training_scaling.py).
+  local work="$WORK/training-scaling"
+  rm -rf "$work"
+  mkdir -p "$work"
+  local drafts=()
+  for method in eaglevlm specvlm eagle2 vispec; do
+    python -m vispec_bench train --method $method --model testbed --online --suite easyvqa --split train \
+      --prompt-mode long --limit ${SCALING_PROMPTS:-240} --max-new-tokens 256 --epochs ${SCALING_EPOCHS:-8} \
+      --snapshot-epochs ${SCALING_SNAPSHOTS:-1,2,4,8} --method-args $method.vocab=4096 --eval-every 200 \
+      --save-every 200 --dtype float32 --device ${SCALING_DEVICE:-cpu} --no-progress --out "$work/$method"
+    drafts+=("$method=$work/$method")
+  done
+  rm -rf reports/training-scaling
+  python reports/training_scaling.py --model testbed "${drafts[@]}" --samples ${SCALING_SAMPLES:-32} \
+    --max-new-tokens 256 --device ${SCALING_DEVICE:-cpu} --name training-scaling
+}
+
 baseline() {
   # The two gate runs of .ci/run with 5 repeats (a baseline measures its noise from >= 5).
   rm -rf "$WORK/ci"
@@ -117,7 +140,8 @@ case "${1:-all}" in
   baseline) baseline ;;
   engines-cpu) engines_cpu ;;
   ngram-vs-hf) ngram_vs_hf ;;
+  training-scaling) training_scaling ;;
   all) testbed_cpu; tiny_llava_drafts; sample_tiny_llava; baseline; engines_cpu; ngram_vs_hf ;;
-  *) echo "usage: $0 [all|testbed-cpu|tiny-llava-drafts|sample-tiny-llava|baseline|engines-cpu|ngram-vs-hf]" >&2
+  *) echo "usage: $0 [all|testbed-cpu|tiny-llava-drafts|sample-tiny-llava|baseline|engines-cpu|ngram-vs-hf|training-scaling]" >&2
      exit 2 ;;
 esac

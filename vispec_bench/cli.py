@@ -238,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_gen.add_argument("--no-progress", action="store_true")
     p_gen.set_defaults(func=cmd_gen_data)
 
-    p_train = sub.add_parser("train", help="train a draft (eagle2, medusa, vispec) on gen-data output")
+    p_train = sub.add_parser("train", help="train a draft (eagle2, eaglevlm, medusa, vispec) on gen-data output, or "
+                                                 "online (--online: the target answers during training)")
     add_config_arguments(p_train, TrainConfig)
     p_train.add_argument("--no-progress", action="store_true")
     p_train.set_defaults(func=cmd_train)

@@ -13,6 +13,18 @@ and after every backward the gradients are averaged across processes (DDP's arit
 not wrap the draft in DDP's module: EAGLE/ViSpec training runs the draft several times per
 step (its mtp_steps passes) and calls the adaptor outside its forward, which DDP's hooks do
 not allow. Process 0 evaluates, logs and writes checkpoints, which load on one device.
+
+Offline (`--data DIR`) the answers are gen-data's, stored; online (`--online`, SpecVLM's
+online logit distillation; vispec_bench/drafts/online.py) the target writes them during the run
+and the teacher signals are recomputed at every step. Both feed the same `TeacherFeatures` to
+the method's own trainer, so the loss is the method's: for the EAGLE family (eagle2, eaglevlm,
+vispec: EagleTrainer.loss) 1.0 * SmoothL1(draft feature, target feature) + 0.1 * soft
+cross-entropy against the target's distribution (its frozen lm_head on its feature), the
+"cross-entropy + Smooth L1" objective SpecVLM names; Medusa's is cross-entropy per head.
+
+`--epochs E` sets steps = E x the training rows of one process (the largest share when the rows
+do not divide evenly: a smaller share then starts its next pass a step early). An epoch
+listed in `--snapshot-epochs` ends with a loadable copy of the draft in OUT/epoch-N/.
 """
 
 from __future__ import annotations
@@ -31,6 +43,7 @@ from vispec_bench.errors import ExistingOutputError, InputError, MissingInputErr
 from vispec_bench.engine.adapter import make_adapter
 from vispec_bench.drafts.checkpoints import check_target, load_draft, save_draft
 from vispec_bench.drafts.datagen import load_training_rows
+from vispec_bench.drafts.online import OnlineAnswers, TrainingAnswers, data_prompts, suite_prompts
 from vispec_bench.drafts.resume_state import load_state, restore_rng_state, rng_state, save_state
 from vispec_bench.drafts.vocab import BUFFER, set_token_map, token_map_of
 from vispec_bench.results.records import append_jsonl
@@ -94,6 +107,8 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
 
 
 class FeatureSource:
+    """Offline: teacher features of gen-data's stored answers, cached up to a memory budget."""
+
     def __init__(self, adapter, dataset, budget_mb: int):
         self.adapter, self.dataset = adapter, dataset
         self.cache: dict[int, TeacherFeatures] = {}
@@ -112,7 +127,20 @@ class FeatureSource:
         return features
 
 
-def evaluate(trainer, source: FeatureSource, indices: list[int]) -> dict[str, float]:
+class OnlineFeatureSource:
+    """Online: the target's answer (generated on first use, then kept: online.OnlineAnswers) and
+    teacher features recomputed at every access — nothing cached, so every step distils
+    hidden states and logits computed on the fly."""
+
+    def __init__(self, adapter, prompts, answers):
+        self.adapter, self.prompts, self.answers = adapter, prompts, answers
+
+    def __getitem__(self, index: int) -> TeacherFeatures:
+        messages, images = self.prompts[index]
+        return teacher_features(self.adapter, messages, images, self.answers[index])
+
+
+def evaluate(trainer, source: FeatureSource | OnlineFeatureSource, indices: list[int]) -> dict[str, float]:
     totals: dict[str, list[int]] = {}
     for index in indices:
         for key, (correct, count) in trainer.accuracy(source[index]).items():
@@ -132,13 +160,14 @@ def average_gradients(parameters: list[torch.nn.Parameter], world: int) -> None:
         param.grad /= world
 
 
-def train(config: TrainConfig, progress: bool = True, log=print, model_loader=load_model) -> Path:
-    """`model_loader`: load_model, or one with builder options bound (`testbed build` points the
-    testbed at its work directory's weights)."""
+def train(config: TrainConfig, progress: bool = True, log=print, model_loader=None) -> Path:
+    """`model_loader`: load_model (the default), or one with builder options bound (`testbed
+    build` points the testbed at its work directory's weights)."""
     from tqdm.auto import tqdm
 
     from accelerate import Accelerator
 
+    config.check()
     out = Path(config.out)
     accelerator = Accelerator(cpu=resolve_device(config.device) == "cpu")
     device = str(accelerator.device)
@@ -149,7 +178,29 @@ def train(config: TrainConfig, progress: bool = True, log=print, model_loader=lo
     method = make_method(config.method, raw_args)
     if not isinstance(method, DraftTraining):
         raise InputError(f"method {config.method!r} has no draft to train")
-    loaded = model_loader(config.model, dtype, device, seed=config.seed)
+    if config.online:  # the prompts only; the answers are the target's, written during the run
+        prompts = (data_prompts(config.data) if config.data is not None else
+                   suite_prompts(config.suite, config.prompt_mode, config.split, config.fixtures, config.limit,
+                                 config.seed, config.prompt_suffix))
+        sample_ids, prompt_source = prompts.sample_ids, prompts.source
+    else:
+        dataset = load_training_rows(config.data)
+        sample_ids, prompt_source = list(dataset["sample_id"]), {"data": str(config.data)}
+    if len(sample_ids) == 0:
+        raise InputError(f"{config.data or config.suite} holds no training rows")
+    train_rows, eval_rows = split_rows(sample_ids, config.eval_fraction, config.seed)
+    if len(train_rows) < world:
+        raise InputError(f"{len(train_rows)} training rows cannot be shared by {world} processes")
+    my_rows = train_rows[rank::world]  # this process's share
+    steps_per_epoch = len(train_rows[0::world])  # the largest share: every process runs the same steps
+    total_steps = config.total_steps(steps_per_epoch)
+    snapshots = config.snapshots(steps_per_epoch)  # {step: epoch}
+    state_path = out / STATE
+    if config.resume and not state_path.exists():
+        raise MissingInputError(f"--resume: {state_path} does not exist; nothing to resume")
+    if not config.resume and (out / "draft.safetensors").exists():  # before any answer is generated
+        raise ExistingOutputError(f"{out} already holds a checkpoint; pass --resume to continue it or use a new --out")
+    loaded = (model_loader or load_model)(config.model, dtype, device, seed=config.seed)
     adapter = make_adapter(loaded.model, loaded.processor)
     for param in loaded.model.parameters():
         param.requires_grad_(False)
@@ -158,26 +209,23 @@ def train(config: TrainConfig, progress: bool = True, log=print, model_loader=lo
         initial = load_draft(config.init)
         check_target(initial, adapter, method.draft_kind, method.compatible_checkpoints)
         method.load_checkpoint(draft, initial, source=config.init)
-    dataset = load_training_rows(config.data)
-    if len(dataset) == 0:
-        raise InputError(f"{config.data} holds no training rows")
+    if config.online:
+        answers = OnlineAnswers(adapter, prompts, config.max_new_tokens)
+        source = OnlineFeatureSource(adapter, prompts, answers)
+        answer_rows = TrainingAnswers(answers, my_rows, world)  # generated only if fit_to_data reads them
+    else:
+        answers = None
+        source = FeatureSource(adapter, dataset, config.feature_cache_mb)
+        answer_rows = dataset["answer_ids"]
     if not config.resume and token_map_of(draft) is None:
-        method.fit_to_data(draft, dataset["answer_ids"], adapter)  # e.g. the reduced draft vocabulary
+        method.fit_to_data(draft, answer_rows, adapter)  # e.g. the reduced draft vocabulary
     trainer = method.make_trainer(draft, frozen_float_lm_head(adapter))
-    train_rows, eval_rows = split_rows(list(dataset["sample_id"]), config.eval_fraction, config.seed)
-    if len(train_rows) < world:
-        raise InputError(f"{len(train_rows)} training rows cannot be shared by {world} processes")
-    my_rows = train_rows[rank::world]  # this process's share
-    source = FeatureSource(adapter, dataset, config.feature_cache_mb)
     optimizer = torch.optim.AdamW([p for p in draft.parameters() if p.requires_grad], lr=config.lr,
                                   betas=(0.9, 0.95), weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, config.warmup_steps, config.steps))
+        optimizer, lambda step: lr_factor(step, config.warmup_steps, total_steps))
     start_step = 0
-    state_path = out / STATE
     if config.resume:
-        if not state_path.exists():
-            raise MissingInputError(f"--resume: {state_path} does not exist; nothing to resume")
         state = load_state(state_path, required=("step", "optimizer", "scheduler", "rng"))
         saved = load_draft(out).state_dict
         set_token_map(draft, saved.get(BUFFER))
@@ -186,22 +234,45 @@ def train(config: TrainConfig, progress: bool = True, log=print, model_loader=lo
         scheduler.load_state_dict(state["scheduler"])
         start_step = state["step"]
         restore_rng_state(state["rng"], device)
-        log(f"resuming training at step {start_step} of {config.steps}")
-    elif (out / "draft.safetensors").exists():
-        raise ExistingOutputError(f"{out} already holds a checkpoint; pass --resume to continue it or use a new --out")
+        log(f"resuming training at step {start_step} of {total_steps}"
+            + (" (online: the answers are regenerated as the prompts come up)" if config.online else ""))
     accelerator.wait_for_everyone()  # nobody writes before every process has checked the output directory
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
 
-    def checkpoint(step: int, accuracy: dict) -> None:
+    def generation() -> dict:
+        """Answers generated in this run and the seconds spent on them, summed over processes.
+        A collective under several processes: every process calls it at the same steps."""
+        mine = (answers.num_generated, answers.generation_s) if answers is not None else (0, 0.0)
+        if config.online and world > 1:
+            shares = [None] * world
+            torch.distributed.all_gather_object(shares, mine)
+            mine = (sum(n for n, _ in shares), sum(t for _, t in shares))
+        return {"online": config.online, "answers_generated": mine[0], "generation_s": round(mine[1], 3)}
+
+    def training_info(step: int, accuracy: dict, generated: dict) -> dict:
         info = method.checkpoint_config(adapter)
-        info["training"] = {"step": step, "steps": config.steps, "data": str(config.data), "seed": config.seed,
-                            "lr": config.lr, "init": config.init, "eval_accuracy": accuracy,
-                            "num_train_rows": len(train_rows), "num_eval_rows": len(eval_rows),
-                            "num_processes": world}
-        save_draft(out, draft.state_dict(), info)
+        info["training"] = {"step": step, "steps": total_steps, "epochs": config.epochs,
+                            "steps_per_epoch": steps_per_epoch, "data": config.data,
+                            "prompt_source": prompt_source, "seed": config.seed, "lr": config.lr,
+                            "init": config.init, "eval_accuracy": accuracy, "num_train_rows": len(train_rows),
+                            "num_eval_rows": len(eval_rows), "num_processes": world, **generated}
+        if config.online:
+            info["training"]["max_new_tokens"] = config.max_new_tokens
+        return info
+
+    def checkpoint(step: int, accuracy: dict, generated: dict) -> None:
+        save_draft(out, draft.state_dict(), training_info(step, accuracy, generated))
         save_state(state_path, {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                 "rng": rng_state(device)})
+
+    def snapshot(step: int, epoch: int, accuracy: dict, generated: dict) -> None:
+        """OUT/epoch-N: the draft as it is at the end of epoch N, loadable like OUT itself. A
+        resumed run that passes the same epoch again rewrites it (the same trajectory: same
+        rows, order and restored RNG)."""
+        info = training_info(step, accuracy, generated)
+        info["training"]["epoch"] = epoch
+        save_draft(out / f"epoch-{epoch}", draft.state_dict(), info)
 
     def write_log(entry: dict) -> None:
         append_jsonl(out / LOG, entry)
@@ -219,10 +290,11 @@ def train(config: TrainConfig, progress: bool = True, log=print, model_loader=lo
     accuracy = {}
     if start_step == 0:
         accuracy = evaluate_on_main()
+        generated = generation()
         if is_main:
-            write_log({"step": 0, **accuracy})
-    bar = tqdm(range(start_step, config.steps), desc=f"train {config.method}", disable=not (progress and is_main),
-               initial=start_step, total=config.steps)
+            write_log({"step": 0, "prompt_source": prompt_source, **generated, **accuracy})
+    bar = tqdm(range(start_step, total_steps), desc=f"train {config.method}", disable=not (progress and is_main),
+               initial=start_step, total=total_steps)
     started = time.time()
     parameters = [p for p in draft.parameters() if p.requires_grad]
     for step in bar:
@@ -242,18 +314,29 @@ def train(config: TrainConfig, progress: bool = True, log=print, model_loader=lo
         scheduler.step()
         bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
         done = step + 1
-        if done % config.eval_every == 0 or done == config.steps:
+        evaluated = done % config.eval_every == 0 or done == total_steps or done in snapshots
+        saved = done % config.save_every == 0 or done == total_steps
+        if evaluated:
             accuracy = evaluate_on_main()
+        if evaluated or saved or done in snapshots:
+            generated = generation()  # after the evaluation: it may have answered a held-out prompt
+        if evaluated:
             if is_main:
                 entry = {"step": done, "loss": float(loss.detach()), "grad_norm": grad_norm,
                          "lr": scheduler.get_last_lr()[0], "elapsed_s": round(time.time() - started, 1),
-                         "num_processes": world, **logs, **accuracy}
+                         "num_processes": world, **generated, **logs, **accuracy}
+                if done in snapshots:
+                    entry["epoch"] = snapshots[done]
                 write_log(entry)
                 log(f"step {done}: loss {float(loss.detach()):.4f} " + " ".join(f"{k} {v:.3f}"
                                                                                 for k, v in accuracy.items()))
-        if done % config.save_every == 0 or done == config.steps:
+        if saved or done in snapshots:
             if is_main:
-                checkpoint(done, accuracy)
+                if saved:
+                    checkpoint(done, accuracy, generated)
+                if done in snapshots:
+                    snapshot(done, snapshots[done], accuracy, generated)
+                    log(f"epoch {snapshots[done]} ends at step {done}: snapshot {out / f'epoch-{snapshots[done]}'}")
             accelerator.wait_for_everyone()
     bar.close()
     if world > 1:  # the replicas must still be identical: each applied the same averaged gradients
@@ -261,9 +344,9 @@ def train(config: TrainConfig, progress: bool = True, log=print, model_loader=lo
         checksums = [None] * world
         torch.distributed.all_gather_object(checksums, checksum)
         if is_main:
-            write_log({"step": config.steps, "replica_checksums": checksums})
+            write_log({"step": total_steps, "replica_checksums": checksums})
         if max(checksums) - min(checksums) > 1e-6 * max(1.0, abs(checksum)):
             raise RuntimeError(f"draft replicas diverged across processes: {checksums}")
-    if start_step >= config.steps:
+    if start_step >= total_steps:
         log("already trained for the requested steps")
     return out
