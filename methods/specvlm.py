@@ -329,7 +329,8 @@ class SpecVLM(EagleVLM):
         else:
             saved = checkpoint.config.get("options") or {}
             for key in SHAPE_OPTIONS:
-                if key in saved and str(saved[key]).replace(" ", "") != str(getattr(self.options, key)).replace(" ", ""):
+                normal = parse_ratios if key == "ratios" else int
+                if key in saved and normal(saved[key]) != normal(getattr(self.options, key)):
                     raise DraftCheckpointError(f"{self.name} checkpoint {source} was trained with {key}={saved[key]}: "
                                                f"pass --method-args {self.name}.{key}={saved[key]}")
         load_matching(draft, state, f"{self.name} checkpoint {source}", ignore_prefixes=self.ignored_checkpoint_keys)

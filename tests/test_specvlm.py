@@ -10,6 +10,7 @@ import torch
 from conftest import GREEDY, TINY_MODELS, easyvqa_samples, prepared, tiny_by_name, two_image_messages
 from methods.specvlm import ConvCompressor, ElasticCompressor, Gate, Prune, SpecVLM, pool
 from vispec_bench.cli import main
+from vispec_bench.drafts.checkpoints import DraftCheckpointError
 from vispec_bench.drafts.training import frozen_float_lm_head, teacher_features
 from vispec_bench.engine.decode import decode
 from vispec_bench.errors import InputError
@@ -211,3 +212,5 @@ def test_train_specvlm_from_an_eaglevlm_draft(tmp_path):
     expected = decode(adapter, prompt, None, 12, GREEDY).new_ids
     for name in ("specvlm", "specvlm-conv"):  # the ablations load SpecVLM's drafts
         assert _decode(adapter, prepared(name, adapter, draft=tmp_path / "spec"), prompt, 12)[0].new_ids == expected
+    with pytest.raises(DraftCheckpointError, match="ratios=4,16"):  # the options that shape the draft must match
+        prepared("specvlm", adapter, draft=tmp_path / "spec", ratios="4,8")
