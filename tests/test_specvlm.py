@@ -3,12 +3,14 @@ draft-side cost and a short training run from an EagleVLM draft pinned."""
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from conftest import GREEDY, TINY_MODELS, easyvqa_samples, prepared, tiny_by_name, two_image_messages
-from methods.specvlm import ConvCompressor, ElasticCompressor, Gate, Prune, SpecVLM, pool
+from methods.specvlm import (ConvCompressor, ElasticCompressor, Gate, Prune, SpecVLM, compress_images, pool,
+                             prompt_text_mean)
 from vispec_bench.cli import main
 from vispec_bench.drafts.checkpoints import DraftCheckpointError
 from vispec_bench.drafts.training import frozen_float_lm_head, teacher_features
@@ -21,7 +23,7 @@ SPECVLM_METHODS = ["specvlm", "specvlm-prune", "specvlm-pool", "specvlm-conv", "
 TEXT_ONLY = [{"role": "user", "content": [{"type": "text", "text": "what is red?"}]}]
 
 
-def _decode(adapter, method, prompt, max_new_tokens=10):
+def _decode(adapter, method, prompt, max_new_tokens=8):
     proposer = method.make_proposer(adapter, None) if method else None
     return decode(adapter, prompt, proposer, max_new_tokens, GREEDY), proposer
 
@@ -88,6 +90,29 @@ def test_gate_takes_the_argmax_at_inference_and_samples_with_gumbel_in_training(
     assert not torch.allclose(compressor.gate(image.mean(0), text), compressor.gate(image.mean(0), -text))
 
 
+def test_each_image_gets_its_own_gate_decision_and_the_question_is_the_prompts_text():
+    torch.manual_seed(0)
+    hidden = 32
+    compressor = ElasticCompressor(hidden, 4, False, (4, 16), num_q=2, gate_hidden=8).eval()
+    first, last = compressor.gate.mlp[0], compressor.gate.mlp[-1]
+    with torch.no_grad():  # logit of conv/4 = 10 * silu(rms(image mean)[0]), of prune/4 = 1
+        for layer in (first, last):
+            layer.weight.zero_()
+            layer.bias.zero_()
+        first.weight[0, 0] = 1.0
+        last.weight[4, 0] = 10.0
+        last.bias[0] = 1.0
+    embeds = torch.randn(40, hidden) * 0.1
+    embeds[2:18, 0] += 5.0  # image 1: conv/4
+    embeds[20:36, 0] -= 5.0  # image 2: prune/4
+    spans = [(2, 18), (20, 36)]
+    out = compress_images(SimpleNamespace(compressor=compressor), embeds, 38, spans, None, 1.0)
+    assert [c.label for c in out] == ["conv/4", "prune/4"] and [c.tokens.shape[0] for c in out] == [4, 4]
+    # the question: the prompt's rows outside the images; rows from prompt_length on (the answer) excluded
+    text = torch.cat([embeds[:2], embeds[18:20], embeds[36:38]]).mean(0)
+    assert torch.allclose(prompt_text_mean(embeds, 38, spans), text, atol=1e-6)
+
+
 def _row_features(adapter, answer_tokens=12):
     sample = easyvqa_samples(limit=1)[0]
     prompt = adapter.build_prompt(sample.messages, sample.images)
@@ -120,20 +145,22 @@ def test_draft_cache_holds_the_compressed_tokens_only_and_the_cost_is_reported()
     prefill = adapter.prefill(prompt)
     first = int(prefill.logits.argmax())
 
-    def cache_length(name):
-        proposer = prepared(name, adapter, draft="random").make_proposer(adapter, None)
+    def cache_length(name, **options):
+        proposer = prepared(name, adapter, draft="random", **options).make_proposer(adapter, None)
         proposer.start(adapter, prompt, prefill, first)
         proposer.propose([first], budget=10)
+        assert proposer.next_position == prompt.input_ids.shape[0]  # decoding continues at the target's positions
         return proposer, proposer.cache.get_seq_length()
 
     (start, end), = prompt.image_spans
     _, eaglevlm_length = cache_length("eaglevlm")
-    assert eaglevlm_length == prompt.input_ids.shape[0]
-    for name, label, count in (("specvlm-pool", "pool/4", math.ceil((end - start) / 4)),
-                               ("specvlm-resampler", "resampler/2", 2)):
-        proposer, length = cache_length(name)
+    assert eaglevlm_length == prompt.input_ids.shape[0] and end - start == 88
+    for name, options, label, count in (("specvlm-pool", {}, "pool/4", 22),
+                                        ("specvlm-prune", {"ratio": 16}, "prune/16", 6),  # 88 = 5 * 16 + 8
+                                        ("specvlm-resampler", {}, "resampler/2", 2)):
+        proposer, length = cache_length(name, **options)
         assert (proposer.draft_compression, proposer.draft_visual_tokens) == (label, count)
-        assert count < end - start and length == eaglevlm_length - (end - start) + count
+        assert length == eaglevlm_length - (end - start) + count
     # the gate's choice per image, joined; the visual tokens summed over the images
     two = adapter.build_prompt(two_image_messages(), [s.images[0] for s in samples])
     _, proposer = _decode(adapter, prepared("specvlm", adapter, draft="random"), two, max_new_tokens=2)
