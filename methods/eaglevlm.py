@@ -7,7 +7,7 @@ initialised to ones and trained with the draft.
 
 Its checkpoints are of their own kind ("eaglevlm"): an EAGLE-2 draft has no trained input
 norm, and loading one here would change its function. The SpecVLM paper's tree (top-k 10,
-total 60, depth 7) is `--method-args eaglevlm.depth=7,eaglevlm.top_k=10,eaglevlm.total_token=60`;
+total 60, depth 7) is `--method-args eaglevlm.depth=7 eaglevlm.top_k=10 eaglevlm.total_token=60`;
 by default it takes the device's tree, as every EAGLE-family method does, so methods compared
 on one device use the same tree. No code was published with the paper.
 """

@@ -87,7 +87,20 @@ class VisionAdaptor(nn.Module):
         return self.o_proj(attended.transpose(0, 1).reshape(num_q, heads * head_dim))
 
 
-class ViSpecDraft(EagleDraft):
+class DirectInputDraft(EagleDraft):
+    """An EAGLE draft whose input rows may be compressed image tokens that enter the decoder layer
+    as they are (ViSpec's adaptor outputs, SpecVLM's compressor outputs)."""
+
+    def forward(self, features, token_embeds, position_ids, attention_mask, cache=None, direct=None):
+        """As EAGLE's, except rows where `direct` [B, n] is True: their token_embeds row (a compressed
+        image token) is the layer's input as it is, with no fc and no target feature."""
+        x = self.fuse(features, token_embeds)
+        if direct is not None:
+            x = torch.where(direct[..., None], token_embeds.to(x.dtype), x)
+        return self.run_layer(x, position_ids, attention_mask, cache)
+
+
+class ViSpecDraft(DirectInputDraft):
     def __init__(self, text_config, num_q: int, published: dict | None = None):
         super().__init__(text_config, published)  # a published config.json's shapes and fc bias
         hidden = self.config.hidden_size
@@ -102,14 +115,6 @@ class ViSpecDraft(EagleDraft):
         kv_bias = self.layers[0].self_attn.k_proj.bias is not None
         self.imadpt = VisionAdaptor(hidden, self.config.num_attention_heads, num_q, kv_bias)
 
-    def forward(self, features, token_embeds, position_ids, attention_mask, cache=None, direct=None):
-        """As EAGLE's, except rows where `direct` [B, n] is True: their token_embeds row (a compressed
-        image token) is the layer's input as it is, with no fc and no target feature."""
-        x = self.fuse(features, token_embeds)
-        if direct is not None:
-            x = torch.where(direct[..., None], token_embeds.to(x.dtype), x)
-        return self.run_layer(x, position_ids, attention_mask, cache)
-
 
 @dataclass
 class SplicedPairs:
@@ -121,39 +126,60 @@ class SplicedPairs:
     global_features: torch.Tensor | None  # [K, H] g of each image; None = g is 0 everywhere
     fusion_starts: torch.Tensor  # [K] first pair position fused with each image's g (image end - 1)
     num_direct: int = 0  # compressed rows (direct.sum(), counted on the host: no device read)
+    compressed_index: torch.Tensor | None = None  # [m] row of cat(compressed) at compressed rows, -1 elsewhere
 
 
-def splice_pairs(draft: ViSpecDraft, hidden: torch.Tensor, input_embeds: torch.Tensor,
-                 image_spans: list[tuple[int, int]], use_adaptor: bool, use_global: bool) -> SplicedPairs:
-    """EAGLE pairs (h_i, e_{i+1}) at positions i for i < len(hidden), with ViSpec's splice.
+def splice_compressed(hidden: torch.Tensor, input_embeds: torch.Tensor, image_spans: list[tuple[int, int]],
+                      compressed: list[torch.Tensor] | None) -> SplicedPairs:
+    """EAGLE pairs (h_i, e_{i+1}) at positions i for i < len(hidden), with each image's pairs
+    replaced by its compressed tokens `compressed[k]` [m_k, H] (any m_k >= 1 per image, at most
+    the image's token count), placed at the image's trailing pair positions e - 1 - m_k ... e - 2;
+    None = no splice (every pair kept, as in EAGLE-2). No global feature (global_features None).
 
     `input_embeds` has one more row than `hidden` when the caller appends the first generated
     token's embedding (decoding), or the same number (training on a full sequence: the last
-    feature has no next token and forms no pair).
+    feature has no next token and forms no pair). An image at token 0 has one pair slot fewer
+    than tokens; if its m_k fills them all, its first compressed tokens are dropped.
     """
     num_pairs = min(hidden.shape[0], input_embeds.shape[0] - 1)
     device = hidden.device
     positions = torch.arange(num_pairs, device=device)
     features, token_embeds = hidden[:num_pairs], input_embeds[1:num_pairs + 1].clone()
-    num_compressed = draft.imadpt.q.shape[0] - 1
-    outputs = [draft.imadpt(input_embeds[start:end]) for start, end in image_spans]
     keep = torch.ones(num_pairs, dtype=torch.bool, device=device)
     direct = torch.zeros(num_pairs, dtype=torch.bool, device=device)
+    index = torch.full((num_pairs,), -1, dtype=torch.long, device=device)
     num_direct = 0
-    if use_adaptor:
-        for (start, end), out in zip(image_spans, outputs):
-            if end - start < num_compressed:
-                raise ValueError(f"an image of {end - start} tokens cannot hold {num_compressed} compressed tokens")
-            compressed_from = max(end - 1 - num_compressed, 0)
+    if compressed is not None:
+        offset = 0
+        for (start, end), tokens in zip(image_spans, compressed, strict=True):
+            count = tokens.shape[0]
+            if not 1 <= count <= end - start:
+                raise ValueError(f"an image of {end - start} tokens cannot hold {count} compressed tokens")
+            compressed_from = max(end - 1 - count, 0)
             keep[max(start - 1, 0):compressed_from] = False  # pairs whose token is an image token
-            token_embeds[compressed_from:end - 1] = out[num_compressed - (end - 1 - compressed_from):num_compressed].to(
-                token_embeds.dtype)
+            token_embeds[compressed_from:end - 1] = tokens[count - (end - 1 - compressed_from):].to(token_embeds.dtype)
             direct[compressed_from:end - 1] = True
             num_direct += end - 1 - compressed_from
-    global_features = torch.stack([out[-1] for out in outputs]) if (use_global and outputs) else None
+            index[compressed_from:end - 1] = torch.arange(offset + count - (end - 1 - compressed_from), offset + count,
+                                                          device=device)
+            offset += count
     fusion_starts = torch.tensor([end - 1 for _, end in image_spans], device=device, dtype=torch.long)
     return SplicedPairs(features[keep], token_embeds[keep], direct[keep], positions[keep], positions[keep] + 1,
-                        global_features, fusion_starts, num_direct)
+                        None, fusion_starts, num_direct, index[keep])
+
+
+def splice_pairs(draft: ViSpecDraft, hidden: torch.Tensor, input_embeds: torch.Tensor,
+                 image_spans: list[tuple[int, int]], use_adaptor: bool, use_global: bool) -> SplicedPairs:
+    """EAGLE pairs (h_i, e_{i+1}) at positions i for i < len(hidden), with ViSpec's splice: each
+    image's num_q - 1 compressed tokens (splice_compressed) and its global feature g.
+    `input_embeds`: as splice_compressed's.
+    """
+    num_compressed = draft.imadpt.q.shape[0] - 1
+    outputs = [draft.imadpt(input_embeds[start:end]) for start, end in image_spans]
+    compressed = [out[:num_compressed] for out in outputs] if use_adaptor else None
+    pairs = splice_compressed(hidden, input_embeds, image_spans, compressed)
+    pairs.global_features = torch.stack([out[-1] for out in outputs]) if (use_global and outputs) else None
+    return pairs
 
 
 def fuse_global(draft: ViSpecDraft, features: torch.Tensor, positions: torch.Tensor,
@@ -176,7 +202,23 @@ class ViSpecOptions(Eagle2Options):
     noise_per_length: bool = True  # training: noise width 0.2 * 512 / seq_len, as the reference
 
 
-class ViSpecProposer(Eagle2Proposer):
+class SplicedProposer(Eagle2Proposer):
+    """A proposer whose prompt pairs may hold compressed image tokens (`prompt_direct`, set by its
+    prefill_pairs; None = none): only the prompt's pairs do, tree nodes and decode rounds are plain pairs."""
+
+    prompt_features = prompt_direct = None
+
+    def _run(self, features, token_embeds, positions, visible, **extra):
+        if features is self.prompt_features and self.prompt_direct is not None:
+            extra = {**extra, "direct": self.prompt_direct[None]}
+        return super()._run(features, token_embeds, positions, visible, **extra)
+
+    def absorb(self, result):
+        self.prompt_features = self.prompt_direct = None
+        super().absorb(result)
+
+
+class ViSpecProposer(SplicedProposer):
     def prefill_pairs(self, prompt, prefill, first_token):
         first = self.embed(torch.tensor([first_token], device=self.device))
         pairs = splice_pairs(self.draft, prefill.hidden, torch.cat([prefill.input_embeds, first]),
@@ -193,18 +235,26 @@ class ViSpecProposer(Eagle2Proposer):
     def transform_features(self, features, positions):
         return fuse_global(self.draft, features, positions, self.global_features, self.fusion_starts)
 
-    def _run(self, features, token_embeds, positions, visible, **extra):
-        # Only the prompt's pairs hold compressed tokens; tree nodes and decode rounds are plain pairs.
-        if features is self.prompt_features:
-            extra = {**extra, "direct": self.prompt_direct[None]}
-        return super()._run(features, token_embeds, positions, visible, **extra)
 
-    def absorb(self, result):
-        self.prompt_features = self.prompt_direct = None
-        super().absorb(result)
+class SplicedTrainer(EagleTrainer):
+    """Training on spliced pairs: draft_inputs sets `_direct` (the compressed rows of the first
+    pass; None = none) and may set `_key_bias` [n] (added to every query's attention logits on those rows'
+    keys in the first pass; None = none)."""
+
+    _direct = _key_bias = None
+
+    def run_draft(self, inputs, embeds, positions, step: int) -> torch.Tensor:
+        mask = additive_mask(causal_visible(inputs.shape[0], 0, inputs.device), inputs.dtype)
+        direct = None
+        if step == 0 and self._direct is not None:  # later passes read the draft's own features: plain pairs
+            direct = self._direct[None]
+            if self._key_bias is not None:
+                mask = mask + self._key_bias.to(mask.dtype)
+        return self.draft(self.transform_features(inputs, positions)[None], embeds[None], positions[None], mask,
+                          direct=direct)[0]
 
 
-class ViSpecTrainer(EagleTrainer):
+class ViSpecTrainer(SplicedTrainer):
     def draft_inputs(self, features):
         pairs = splice_pairs(self.draft, features.hidden, features.input_embeds, features.image_spans,
                              self.options.adaptor, self.options.global_feature)
@@ -213,12 +263,6 @@ class ViSpecTrainer(EagleTrainer):
 
     def transform_features(self, hidden, positions):
         return fuse_global(self.draft, hidden, positions, *self._globals)
-
-    def run_draft(self, inputs, embeds, positions, step: int) -> torch.Tensor:
-        mask = additive_mask(causal_visible(inputs.shape[0], 0, inputs.device), inputs.dtype)
-        direct = self._direct[None] if step == 0 else None  # later passes read the draft's own features
-        return self.draft(self.transform_features(inputs, positions)[None], embeds[None], positions[None], mask,
-                          direct=direct)[0]
 
     def noise_width(self, features) -> float:
         if not self.options.noise_per_length:
