@@ -84,7 +84,7 @@ def measure(adapter, method_name: str, draft: Path, prompts, ar_ids, cap: int) -
         same += result.new_ids == reference
     emitted_arr, rounds_arr = np.array(emitted, dtype=float), np.array(rounds, dtype=float)
     training = json.loads((draft / "draft_config.json").read_text())["training"]
-    return {"epoch": training["epoch"], "step": training["step"], "online": training.get("online", False),
+    return {"epoch": training.get("epoch"), "step": training["step"], "online": training.get("online", False),
             "tau": float(emitted_arr.sum() / rounds_arr.sum()), "tau_ci": ratio_ci(emitted_arr, rounds_arr),
             "exact_match": same, "eval_accuracy": training.get("eval_accuracy"),
             "draft": draft_provenance(draft, "option"), "options": method.describe()["options"],
@@ -92,7 +92,9 @@ def measure(adapter, method_name: str, draft: Path, prompts, ar_ids, cap: int) -
             "emitted": emitted, "rounds": rounds}
 
 
-def plot(path: Path, results: dict) -> None:
+def plot(path: Path, results: dict, references: dict | None = None) -> None:
+    """τ against epochs per method; `references` (method -> a point of a draft trained otherwise,
+    e.g. offline) are drawn as dashed lines in their method's colour."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -104,7 +106,11 @@ def plot(path: Path, results: dict) -> None:
         taus = [p["tau"] for p in points]
         low = [p["tau"] - p["tau_ci"][0] if p["tau_ci"] else 0.0 for p in points]
         high = [p["tau_ci"][1] - p["tau"] if p["tau_ci"] else 0.0 for p in points]
-        axes.errorbar(epochs, taus, yerr=[low, high], marker="o", capsize=3, label=name)
+        line = axes.errorbar(epochs, taus, yerr=[low, high], marker="o", capsize=3, label=f"{name} (online)")
+        reference = (references or {}).get(name)
+        if reference is not None:
+            axes.axhline(reference["tau"], linestyle="--", color=line[0].get_color(), alpha=0.7,
+                         label=f"{name} offline, {reference['step']} steps")
     all_epochs = sorted({p["epoch"] for points in results.values() for p in points})
     axes.set_xscale("log", base=2)
     axes.set_xticks(all_epochs, [str(e) for e in all_epochs])
@@ -122,7 +128,7 @@ def _ci(values) -> str:
     return "n/a" if values is None else f"[{values[0]:.3f}, {values[1]:.3f}]"
 
 
-def write_markdown(path: Path, results: dict, settings: dict, environment: dict) -> None:
+def write_markdown(path: Path, results: dict, settings: dict, environment: dict, references: dict | None = None) -> None:
     n = settings["samples"]
     lines = [
         "# Training-time scaling: τ against training epochs",
@@ -143,6 +149,9 @@ def write_markdown(path: Path, results: dict, settings: dict, environment: dict)
         for p in points:
             lines.append(f"| {name} | {p['epoch']} | {p['step']} | {'online' if p['online'] else 'offline'} | "
                          f"{p['tau']:.3f} | {_ci(p['tau_ci'])} | {p['exact_match']}/{n} |")
+    for name, p in (references or {}).items():
+        lines.append(f"| {name} | — | {p['step']} | {'online' if p['online'] else 'offline'} (reference) | "
+                     f"{p['tau']:.3f} | {_ci(p['tau_ci'])} | {p['exact_match']}/{n} |")
     lines += ["", "![τ against epochs](scaling.png)", "",
               "Raw numbers (per-sample emitted tokens and rounds, draft sha256): [scaling.json](scaling.json).", ""]
     path.write_text("\n".join(lines))
@@ -152,6 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("drafts", nargs="+", metavar="METHOD=OUT_DIR",
                         help="a method and a `train --snapshot-epochs` output directory holding epoch-N/ snapshots")
+    parser.add_argument("--reference", nargs="*", default=[], metavar="METHOD=DRAFT_DIR",
+                        help="a draft of the same method trained otherwise (e.g. offline), drawn as a dashed line")
     parser.add_argument("--model", default="testbed")
     parser.add_argument("--samples", type=int, default=32, help="easy-VQA test samples (fixed-seed choice)")
     parser.add_argument("--seed", type=int, default=0)
@@ -162,6 +173,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     methods = parse_pairs(args.drafts)
     snapshots = {name: snapshots_of(directory) for name, directory in methods.items()}  # fail before loading
+    reference_drafts = parse_pairs(args.reference)
+    for name, directory in reference_drafts.items():
+        if not (directory / "draft_config.json").exists():
+            raise InputError(f"--reference {name}={directory}: no draft_config.json there")
 
     device = resolve_device(args.device)
     loaded = load_model(args.model, resolve_dtype("float32", device), device)
@@ -179,19 +194,25 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name} epoch {epoch}: tau {point['tau']:.3f} {_ci(point['tau_ci'])}, ids = AR on "
                   f"{point['exact_match']}/{len(samples)}", file=sys.stderr)
 
+    references = {}
+    for name, directory in reference_drafts.items():
+        references[name] = measure(adapter, name, directory, prompts, ar_ids, args.max_new_tokens)
+        print(f"{name} reference {directory}: tau {references[name]['tau']:.3f}", file=sys.stderr)
+
     environment = {k: v for k, v in capture(device).items() if k != "hostname"}
     settings = {"command": "PYTHONPATH=. python reports/training_scaling.py " + shlex.join(argv if argv is not None
                                                                                            else sys.argv[1:]),
                 "model": args.model, "dtype": "float32", "engine": "eager", "device": device, "suite": "easyvqa",
                 "prompt_mode": "long", "split": suite.split,
                 "samples": len(samples), "sample_ids": [s.sample_id for s in samples], "seed": args.seed,
-                "max_new_tokens": args.max_new_tokens, "drafts": {name: str(d) for name, d in methods.items()}}
+                "max_new_tokens": args.max_new_tokens, "drafts": {name: str(d) for name, d in methods.items()},
+                "references": {name: str(d) for name, d in reference_drafts.items()}}
     out = Path(args.out) if args.out else Path(__file__).parent / args.name
     out.mkdir(parents=True, exist_ok=True)
     (out / "scaling.json").write_text(json.dumps({"settings": settings, "environment": environment,
-                                                  "methods": results}, indent=1) + "\n")
-    plot(out / "scaling.png", results)
-    write_markdown(out / "README.md", results, settings, environment)
+                                                  "methods": results, "references": references}, indent=1) + "\n")
+    plot(out / "scaling.png", results, references)
+    write_markdown(out / "README.md", results, settings, environment, references)
     print((out / "README.md").read_text())
 
 

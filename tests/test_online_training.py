@@ -156,6 +156,19 @@ def test_epochs_write_a_loadable_snapshot_per_listed_epoch(tmp_path, gen_data_di
         (False, 1, 3, 0)
     assert sorted(p.name for p in offline.iterdir() if p.is_dir()) == ["epoch-1"]
 
+    # The scaling report: a point per snapshot, the offline draft as a reference line, τ from the raw counts.
+    from reports import training_scaling
+
+    report = tmp_path / "report"
+    training_scaling.main([f"eagle2={out}", "--reference", f"eagle2={offline}", "--model", "tiny-llava", "--samples",
+                           "1", "--max-new-tokens", "8", "--device", "cpu", "--out", str(report)])
+    scaling = json.loads((report / "scaling.json").read_text())
+    points, reference = scaling["methods"]["eagle2"], scaling["references"]["eagle2"]
+    assert [(p["epoch"], p["step"]) for p in points] == [(1, 3), (2, 6)] and reference["step"] == 5
+    for point in points + [reference]:
+        assert point["tau"] == pytest.approx(sum(point["emitted"]) / sum(point["rounds"])) and point["exact_match"] == 1
+    assert (report / "scaling.png").stat().st_size > 0 and "(reference)" in (report / "README.md").read_text()
+
 
 def test_online_resume_regenerates_the_answers_and_ends_where_an_uninterrupted_run_ends(tmp_path, monkeypatch):
     """Medusa (cross-entropy heads on the same TeacherFeatures) trains online too."""
