@@ -93,7 +93,8 @@ def test_testbed_build_at_toy_size_installs_weights_that_run_losslessly(tmp_path
                          data_max_new_tokens=12,
                          draft_vocab=256, draft_steps=4, install=False)
     work = testbed_build.build(config, command="test")
-    for stage in ("pretrain", "vision", "data", "draft-medusa", "draft-eagle2", "draft-vispec"):
+    for stage in ("pretrain", "vision", "data", "draft-medusa", "draft-eagle2", "draft-vispec", "draft-eaglevlm",
+                  "draft-specvlm"):
         assert (work / f"{stage}.done.json").exists(), stage
     data = json.loads((work / "data.done.json").read_text())
     assert data["rows"] == 6 and data["text_only_rows"] == 1
@@ -112,7 +113,7 @@ def test_testbed_build_at_toy_size_installs_weights_that_run_losslessly(tmp_path
     provenance = json.loads((installed / "provenance.json").read_text())
     assert provenance["command"] == "test" and provenance["build_config"]["seed"] == 0
     assert any(entry.get("stage") == "vision" for entry in provenance["history"])
-    assert sum(provenance["bytes"].values()) < 40 * 2 ** 20
+    assert sum(provenance["bytes"].values()) < 56 * 2 ** 20  # five bf16 drafts + the vision side (~52.6 MB at full width)
     run_config = RunConfig(model="testbed", limit=1, max_new_tokens=10, dtype="float32", device="cpu",
                            profile_rounds=False)
     # the installed directory, not the package's weights; the default methods find its drafts by themselves
@@ -123,6 +124,10 @@ def test_testbed_build_at_toy_size_installs_weights_that_run_losslessly(tmp_path
     assert all(r["equivalence"]["exact_match"] for r in records)
     drafts = {r["method"]: r["draft"] for r in records if r["method"] != "ar"}
     assert drafts["vispec"]["path"] == str((installed / "drafts" / "vispec").resolve())
+    # Second stages start from their first stage's draft and train half the steps.
+    for second, first in (("vispec", "eagle2"), ("specvlm", "eaglevlm")):
+        training = json.loads((installed / "drafts" / second / "draft_config.json").read_text())["training"]
+        assert (training["init"], training["steps"]) == (str(work / "drafts" / first), 2)
     assert {d["source"] for d in drafts.values()} == {"model default"}
 
 

@@ -13,7 +13,11 @@ from pathlib import Path
 from vispec_bench.results.records import append_jsonl
 
 TRAINABLE = ("model.vision_tower.", "model.multi_modal_projector.")  # the parameters the build trains and ships
-DRAFT_METHODS = ("medusa", "eagle2", "vispec")  # in training order: ViSpec starts from the EAGLE-2 draft
+# In training order: a method in SECOND_STAGE starts from the draft of the method it names and
+# trains half the steps (ViSpec from EAGLE-2, its paper's stage 2; SpecVLM from EagleVLM: its
+# compressor and gate are new, its draft layer is EagleVLM's), so each pair totals the same steps.
+DRAFT_METHODS = ("medusa", "eagle2", "vispec", "eaglevlm", "specvlm")
+SECOND_STAGE = {"vispec": "eagle2", "specvlm": "eaglevlm"}
 
 
 class StageLog:

@@ -1,5 +1,6 @@
-"""Stage 4 of the testbed build: the Medusa, EAGLE-2 and ViSpec drafts, trained with `train` on the
-stage-3 data against the testbed of WORK/weights, each with a reduced draft vocabulary."""
+"""Stage 4 of the testbed build: the Medusa, EAGLE-2, ViSpec, EagleVLM and SpecVLM drafts, trained
+with `train` on the stage-3 data against the testbed of WORK/weights, each with a reduced draft
+vocabulary (a second-stage method takes its first stage's)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 import time
 from pathlib import Path
 
-from vispec_bench.models.testbed.build.common import DRAFT_METHODS, StageLog, mark_stage_done, stage_done, weights_of
+from vispec_bench.models.testbed.build.common import DRAFT_METHODS, SECOND_STAGE, StageLog, mark_stage_done, stage_done, weights_of
 from vispec_bench.models.testbed.model import testbed_loader
 from vispec_bench.running.config import BuildConfig
 
@@ -21,8 +22,9 @@ def train_drafts(config: BuildConfig, work: Path, device: str, log: StageLog) ->
             continue
         started = time.time()
         out = work / "drafts" / method
-        init = str(work / "drafts" / "eagle2") if method == "vispec" else None  # ViSpec stage 2 from stage 1
-        steps = config.draft_steps // 2 if method == "vispec" else config.draft_steps
+        first_stage = SECOND_STAGE.get(method)
+        init = str(work / "drafts" / first_stage) if first_stage else None
+        steps = config.draft_steps // 2 if first_stage else config.draft_steps
         train_config = TrainConfig(method=method, model="testbed", data=str(work / "data"), out=str(out), steps=steps,
                                    lr=1e-3, eval_every=max(50, steps // 6), save_every=100, seed=config.seed,
                                    dtype="float32", device=device, init=init,

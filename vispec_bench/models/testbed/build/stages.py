@@ -25,7 +25,8 @@ STAGE_SETTINGS = {"pretrain": ("seed", "pretrain_steps", "pretrain_batch"),
                              "lora_rank", "vision_long_examples", "eval_every", "eval_questions"),
                   "data": ("data_samples", "data_max_new_tokens"),
                   "draft-medusa": ("draft_vocab", "draft_steps"), "draft-eagle2": ("draft_vocab", "draft_steps"),
-                  "draft-vispec": ("draft_vocab", "draft_steps")}
+                  "draft-vispec": ("draft_vocab", "draft_steps"), "draft-eaglevlm": ("draft_vocab", "draft_steps"),
+                  "draft-specvlm": ("draft_vocab", "draft_steps")}
 
 
 def check_settings(config: BuildConfig, work: Path) -> None:
