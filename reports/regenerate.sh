@@ -11,8 +11,9 @@
 #   reports/regenerate.sh baseline            # reports/baseline.json from 5 repeats of the CI gate runs
 #   reports/regenerate.sh engines-cpu         # eager / static / compiled, float32 and bfloat16, + roofline
 #   reports/regenerate.sh ngram-vs-hf         # our ngram against HF's prompt lookup, same process
+#   reports/regenerate.sh specvlm-cpu         # eaglevlm and specvlm against ngram, eagle2 and vispec
 #   reports/regenerate.sh training-scaling    # online-trained EAGLE-family drafts: tau per epoch (not in
-#                                             # `all`: hours on a CPU; needs the eaglevlm and specvlm methods)
+#                                             # `all`: an hour on a CPU; needs `testbed build`'s data)
 #
 # Runs and drafts go to $WORK (default /tmp/vispec-regenerate). Timings are only meaningful on a
 # machine doing nothing else: run it alone.
@@ -102,23 +103,36 @@ ngram_vs_hf() {
 
 training_scaling() {
   # SpecVLM's training-time scaling: each EAGLE-family draft trained online (`train --online`: the
-  # testbed answers easy-VQA train prompts during training, nothing stored) from scratch, with the
-  # testbed drafts' reduced vocabulary, a snapshot at the end of epochs 1, 2, 4 and 8; then tau of
-  # every snapshot on easy-VQA test samples (reports/training_scaling.py).
-  local work="$WORK/training-scaling"
+  # testbed answers the prompts of the build's stage-3 data during training, its stored answers
+  # unread, nothing written) from scratch, with the testbed drafts' reduced vocabulary, a snapshot
+  # at the end of epochs 1, 2, 4 and 8; then tau of every snapshot on easy-VQA test samples, with
+  # the shipped offline draft of each method (same prompts, same steps per epoch) as a reference
+  # line (reports/training_scaling.py). TESTBED_DATA: the data directory `testbed build` wrote.
+  local work="$WORK/training-scaling" data=${TESTBED_DATA:-$HOME/.cache/vispec_bench/testbed-build/seed0/data}
   rm -rf "$work"
   mkdir -p "$work"
-  local drafts=()
-  for method in eaglevlm specvlm eagle2 vispec; do
-    python -m vispec_bench train --method $method --model testbed --online --suite easyvqa --split train \
-      --prompt-mode long --limit ${SCALING_PROMPTS:-240} --max-new-tokens 256 --epochs ${SCALING_EPOCHS:-8} \
-      --snapshot-epochs ${SCALING_SNAPSHOTS:-1,2,4,8} --method-args $method.vocab=4096 --eval-every 200 \
-      --save-every 200 --dtype float32 --device ${SCALING_DEVICE:-cpu} --no-progress --out "$work/$method"
+  local drafts=() references=()
+  for method in ${SCALING_METHODS:-eaglevlm specvlm}; do
+    python -m vispec_bench train --method $method --model testbed --online --data "$data" --max-new-tokens 256 \
+      --epochs ${SCALING_EPOCHS:-8} --snapshot-epochs ${SCALING_SNAPSHOTS:-1,2,4,8} --method-args $method.vocab=4096 \
+      --lr 1e-3 --eval-every 173 --save-every 173 --seed 0 --dtype float32 --device ${SCALING_DEVICE:-cpu} \
+      --no-progress --out "$work/$method"
     drafts+=("$method=$work/$method")
+    references+=("$method=vispec_bench/models/testbed/weights/drafts/$method")
   done
   rm -rf reports/training-scaling
-  python reports/training_scaling.py --model testbed "${drafts[@]}" --samples ${SCALING_SAMPLES:-32} \
-    --max-new-tokens 256 --device ${SCALING_DEVICE:-cpu} --name training-scaling
+  python reports/training_scaling.py --model testbed "${drafts[@]}" --reference "${references[@]}" \
+    --samples ${SCALING_SAMPLES:-20} --max-new-tokens 128 --device ${SCALING_DEVICE:-cpu} --name training-scaling
+}
+
+specvlm_cpu() {
+  # SpecVLM and EagleVLM against ngram, EAGLE-2 and ViSpec on the testbed (shipped drafts: EAGLE-2 and
+  # EagleVLM 800 steps; ViSpec and SpecVLM 400 more from them; the same 192-row data), interleaved per sample.
+  fresh specvlm-cpu
+  python -m vispec_bench run --model testbed --methods ngram,eagle2,eaglevlm,vispec,specvlm --suite easyvqa \
+    --prompt-mode long --limit ${SPECVLM_SAMPLES:-20} --max-new-tokens 128 "${CPU[@]}" --out "$WORK/specvlm-cpu" \
+    --run-id specvlm-methods
+  python -m vispec_bench report "$WORK/specvlm-cpu" --out reports/specvlm-cpu
 }
 
 baseline() {
@@ -140,8 +154,9 @@ case "${1:-all}" in
   baseline) baseline ;;
   engines-cpu) engines_cpu ;;
   ngram-vs-hf) ngram_vs_hf ;;
+  specvlm-cpu) specvlm_cpu ;;
   training-scaling) training_scaling ;;
-  all) testbed_cpu; tiny_llava_drafts; sample_tiny_llava; baseline; engines_cpu; ngram_vs_hf ;;
-  *) echo "usage: $0 [all|testbed-cpu|tiny-llava-drafts|sample-tiny-llava|baseline|engines-cpu|ngram-vs-hf|training-scaling]" >&2
+  all) testbed_cpu; tiny_llava_drafts; sample_tiny_llava; baseline; engines_cpu; ngram_vs_hf; specvlm_cpu ;;
+  *) echo "usage: $0 [all|testbed-cpu|tiny-llava-drafts|sample-tiny-llava|baseline|engines-cpu|ngram-vs-hf|specvlm-cpu|training-scaling]" >&2
      exit 2 ;;
 esac
