@@ -17,6 +17,12 @@ _WORK = Path(tempfile.mkdtemp(prefix="vispec-drafts-"))
 TINY_MODELS = ["tiny-llava", "tiny-llava-next", "tiny-qwen25vl"]
 
 
+def tiny_models_fast_on(fast: str) -> list:
+    """TINY_MODELS as pytest params, all but `fast` behind the `slow` marker (CI runs both sets):
+    a method built from tested parts keeps one class in the quick suite."""
+    return [pytest.param(name, marks=() if name == fast else pytest.mark.slow) for name in TINY_MODELS]
+
+
 @functools.lru_cache(maxsize=None)
 def _loaded(name: str):
     from vispec_bench.engine.adapter import make_adapter

@@ -4,13 +4,13 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import GREEDY, TINY_MODELS, decode_all, easyvqa_samples, prepared, tiny_by_name, trained_draft, \
+from conftest import GREEDY, tiny_models_fast_on, decode_all, easyvqa_samples, prepared, tiny_by_name, trained_draft, \
     two_image_messages
 from vispec_bench.drafts.checkpoints import DraftCheckpointError
 from vispec_bench.engine.decode import decode
 
 
-@pytest.mark.parametrize("model", TINY_MODELS)
+@pytest.mark.parametrize("model", tiny_models_fast_on("tiny-llava"))
 def test_eaglevlm_reproduces_ar_with_one_and_two_images(model):
     _, adapter = tiny_by_name(model)
     samples = easyvqa_samples(limit=2)

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import GREEDY, TINY_MODELS, easyvqa_samples, prepared, tiny_by_name, two_image_messages
+from conftest import GREEDY, tiny_models_fast_on, easyvqa_samples, prepared, tiny_by_name, two_image_messages
 from methods.specvlm import (ConvCompressor, ElasticCompressor, Gate, Prune, SpecVLM, compress_images, pool,
                              prompt_text_mean)
 from vispec_bench.cli import main
@@ -28,7 +28,7 @@ def _decode(adapter, method, prompt, max_new_tokens=8):
     return decode(adapter, prompt, proposer, max_new_tokens, GREEDY), proposer
 
 
-@pytest.mark.parametrize("model", TINY_MODELS)
+@pytest.mark.parametrize("model", tiny_models_fast_on("tiny-qwen25vl"))
 def test_specvlm_and_its_ablations_reproduce_ar_with_one_and_two_images(model):
     _, adapter = tiny_by_name(model)
     samples = easyvqa_samples(limit=2)
