@@ -130,7 +130,7 @@ specvlm_cpu() {
   # EagleVLM 800 steps; ViSpec and SpecVLM 400 more from them; the same 192-row data), interleaved per sample.
   fresh specvlm-cpu
   python -m vispec_bench run --model testbed --methods ngram,eagle2,eaglevlm,vispec,specvlm --suite easyvqa \
-    --prompt-mode long --limit ${SPECVLM_SAMPLES:-20} --max-new-tokens 128 "${CPU[@]}" --out "$WORK/specvlm-cpu" \
+    --prompt-mode long --limit ${SPECVLM_SAMPLES:-20} --max-new-tokens 128 "${CPU[@]}" --no-profile --out "$WORK/specvlm-cpu" \
     --run-id specvlm-methods
   python -m vispec_bench report "$WORK/specvlm-cpu" --out reports/specvlm-cpu
 }
