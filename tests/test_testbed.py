@@ -53,8 +53,35 @@ def test_testbed_without_built_weights_says_how_to_get_them(tmp_path):
         load_model("testbed", torch.float32, "cpu", builder_options={"weights_dir": tmp_path})
 
 
-def test_shipped_testbed_carries_its_drafts_as_data_keyed_by_their_own_kind():
+@functools.lru_cache(maxsize=None)
+def trained_testbed():
     loaded = load_model("testbed", torch.float32, "cpu")
+    return loaded, make_adapter(loaded.model, loaded.processor)
+
+
+def test_shipped_testbed_carries_its_drafts_as_data_keyed_by_their_own_kind():
+    loaded, _ = trained_testbed()
     drafts = testbed_module.WEIGHTS_DIR / "drafts"
-    assert loaded.default_drafts == {kind: str(drafts / kind) for kind in ("eagle2", "medusa", "vispec")}
+    assert loaded.default_drafts == {kind: str(drafts / kind) for kind in ("eagle2", "medusa", "vispec", "eaglevlm",
+                                                                          "specvlm")}
     assert not hasattr(loaded.model, "vispec_default_drafts")  # nothing stashed on the HF module
+
+
+def test_shipped_eaglevlm_and_specvlm_drafts_are_trained_lossless_and_specvlm_compresses():
+    from conftest import prepared
+
+    loaded, adapter = trained_testbed()
+    sample = easyvqa_samples(limit=1)[0]
+    prompt = adapter.build_prompt(sample.messages, sample.images)
+    ar = decode(adapter, prompt, None, 32, SamplingConfig())
+    image_tokens = sum(end - start for start, end in prompt.image_spans)
+    costs = {}
+    for name in ("eaglevlm", "specvlm"):
+        method = prepared(name, adapter, draft=loaded.default_drafts[name])
+        result = decode(adapter, prompt, method.make_proposer(adapter, None), 32, SamplingConfig())
+        assert result.new_ids == ar.new_ids, name
+        assert sum(result.accepted_lengths) / result.num_rounds > 2.5, name  # trained: a random draft gives ~1
+        costs[name] = result.draft_cost
+    assert costs["eaglevlm"]["visual_tokens"] == image_tokens
+    assert costs["specvlm"]["visual_tokens"] < image_tokens and costs["specvlm"]["compression"]
+    assert costs["specvlm"]["kv_tokens"] < costs["eaglevlm"]["kv_tokens"]
