@@ -183,8 +183,7 @@ class Eagle2Proposer(Proposer):
         if padded is None:
             out = self.eager_step(self.draft, features[None], token_embeds[None], positions[None],
                                   self.engine.mask(visible, self.dtype), self.cache, **extra)[0]
-            self.cache_length += num
-            self.peak_cache_length = max(self.peak_cache_length, self.cache_length)
+            self._appended(num)
             return out
         pad = padded - num
         if pad:
@@ -200,9 +199,13 @@ class Eagle2Proposer(Proposer):
                         self.engine.mask(visible, self.dtype), self.cache)[0]
         if pad:
             self.cache.crop(-pad)
+        self._appended(num)
+        return out[:num]
+
+    def _appended(self, num: int) -> None:
+        """Count `num` entries appended to the draft's cache, and the peak it reached (host ints)."""
         self.cache_length += num
         self.peak_cache_length = max(self.peak_cache_length, self.cache_length)
-        return out[:num]
 
     def draft_cost(self) -> dict:
         """The draft cache's visual positions for the prompt and its peak size, in entries (compiled
