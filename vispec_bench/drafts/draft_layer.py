@@ -9,9 +9,12 @@ from vispec_bench.errors import InputError
 DRAFT_FAMILIES = {
     "llama": ("transformers.models.llama.modeling_llama", "LlamaConfig", "LlamaDecoderLayer", "LlamaRotaryEmbedding"),
     "qwen2": ("transformers.models.qwen2.modeling_qwen2", "Qwen2Config", "Qwen2DecoderLayer", "Qwen2RotaryEmbedding"),
+    # Qwen3: no q/k/v biases, RMSNorm on each head's queries and keys (q_norm, k_norm)
+    "qwen3": ("transformers.models.qwen3.modeling_qwen3", "Qwen3Config", "Qwen3DecoderLayer", "Qwen3RotaryEmbedding"),
 }
-FAMILY_OF_MODEL_TYPE = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen2_5_vl_text": "qwen2",
-                        "qwen2_5_vl": "qwen2"}
+FAMILY_OF_MODEL_TYPE = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen2_vl_text": "qwen2",
+                        "qwen2_vl": "qwen2", "qwen2_5_vl_text": "qwen2", "qwen2_5_vl": "qwen2",
+                        "qwen3": "qwen3", "qwen3_vl_text": "qwen3", "qwen3_vl": "qwen3"}
 
 
 def _rope_parameters(text_config) -> dict:
@@ -19,8 +22,9 @@ def _rope_parameters(text_config) -> dict:
     theta = params.get("rope_theta", getattr(text_config, "rope_theta", 10000.0))
     if params.get("rope_type", "default") != "default" and "mrope_section" not in params:
         return params  # e.g. llama3 scaling: the draft uses the target's rope
-    # Qwen2.5-VL's 3-D mrope collapses to 1-D rope when all three position ids are equal; the
-    # draft uses 1-D positions over token indices, as the ViSpec reference does.
+    # The 3-D mrope of Qwen2-VL, Qwen2.5-VL and Qwen3-VL (contiguous or interleaved sections,
+    # `mrope_interleaved`) collapses to 1-D rope when all three position ids are equal; the draft
+    # uses 1-D positions over token indices, as the ViSpec reference does.
     return {"rope_type": "default", "rope_theta": theta}
 
 

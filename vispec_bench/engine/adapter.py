@@ -293,11 +293,17 @@ class TargetAdapter:
         return torch.cat([first[None], logits], dim=0)
 
 
-class Qwen25VLAdapter(TargetAdapter):
-    """Qwen2.5-VL: text tokens after the prompt use 3-D mrope positions equal in all three
-    sections, shifted by the rope delta that the image grid introduced during prefill."""
+class MRopeAdapter(TargetAdapter):
+    """Qwen2-VL, Qwen2.5-VL and Qwen3-VL (3-D M-RoPE): text tokens after the prompt use 3-D
+    positions equal in all three sections, shifted by the rope delta that the image grid
+    introduced during prefill (HF's get_rope_index; the next text position is max + 1).
 
-    family = "qwen2_5_vl"
+    With equal sections the rotation is 1-D rope whatever the section layout, contiguous
+    (Qwen2/2.5-VL) or interleaved (Qwen3-VL). Qwen3-VL's deepstack features (vision-block
+    outputs added at image positions after the first decoder layers) enter in prefill, which
+    runs HF's own model; verify and decode tokens are text and get none."""
+
+    family = "qwen_mrope"
 
     def _offset_from_prefill_positions(self, prompt_length: int) -> int:
         positions = self._captured.get("position_ids")
@@ -311,10 +317,14 @@ class Qwen25VLAdapter(TargetAdapter):
         return (positions + self._position_offset).view(1, 1, -1).expand(3, 1, -1)
 
 
+Qwen25VLAdapter = MRopeAdapter  # its earlier name
+MROPE_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+
+
 def make_adapter(model, processor, engine: Engine | str = "eager") -> TargetAdapter:
     """The adapter for the model's family, running its forwards on `engine` (a name or an Engine)."""
     if isinstance(engine, str):
         engine = Engine(engine, next(model.parameters()).device)
-    if type(model).__name__.startswith("Qwen2_5_VL"):
-        return Qwen25VLAdapter(model, processor, engine)
+    if getattr(model.config, "model_type", None) in MROPE_MODEL_TYPES:
+        return MRopeAdapter(model, processor, engine)
     return TargetAdapter(model, processor, engine)

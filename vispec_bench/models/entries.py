@@ -17,6 +17,10 @@ ENTRIES = [
           "random-init LlavaNextForConditionalGeneration (any-resolution tiling)"),
     Entry("tiny-qwen25vl", "vispec_bench.models.tiny:build_tiny_qwen25vl",
           "random-init Qwen2_5_VLForConditionalGeneration (3-D mrope)"),
+    Entry("tiny-qwen2vl", "vispec_bench.models.tiny_qwen:build_tiny_qwen2vl",
+          "random-init Qwen2VLForConditionalGeneration (3-D mrope, contiguous sections)"),
+    Entry("tiny-qwen3vl", "vispec_bench.models.tiny_qwen:build_tiny_qwen3vl",
+          "random-init Qwen3VLForConditionalGeneration (interleaved 3-D mrope, deepstack visual features)"),
     Entry("llava15-7b-shapes", "vispec_bench.models.shapes:build_llava15_7b_shapes",
           "random-init LLaVA-1.5-7B shapes (7.06 B parameters, 576 image tokens): engine/roofline on a GPU"),
 ]

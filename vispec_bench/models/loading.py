@@ -16,7 +16,9 @@ from vispec_bench.plugins.registry import MODELS, RegistryError
 SUPPORTED_MODEL_TYPES = {
     "llava": "LlavaForConditionalGeneration",
     "llava_next": "LlavaNextForConditionalGeneration",
+    "qwen2_vl": "Qwen2VLForConditionalGeneration",
     "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+    "qwen3_vl": "Qwen3VLForConditionalGeneration",
     "llama": "AutoModelForCausalLM",
     "qwen2": "AutoModelForCausalLM",
 }
@@ -138,5 +140,26 @@ def _load_pretrained(name: str, dtype: torch.dtype, device: str, source: str) ->
     if class_name == "AutoModelForCausalLM":
         processor = transformers.AutoTokenizer.from_pretrained(name)
     else:
-        processor = transformers.AutoProcessor.from_pretrained(name)
+        processor = _load_vlm_processor(name, transformers)
     return LoadedModel(model, processor, name, source)
+
+
+def _load_vlm_processor(name: str, transformers):
+    """HF's own processor of a VLM checkpoint; a missing optional package (the Qwen-VL processors
+    load a video processor, which needs torchvision) or a processor without an image processor is
+    a ModelLoadError that says what to do."""
+    try:
+        processor = transformers.AutoProcessor.from_pretrained(name)
+    except ImportError as err:
+        message = " ".join(str(err).split())
+        hint = (f"install torchvision (the build matching torch {torch.__version__}: "
+                "https://pytorch.org/get-started/locally/)" if "torchvision" in message.lower()
+                else "install the package it names")
+        raise ModelLoadError(f"cannot load the processor of model {name!r}: transformers needs a package that is "
+                             f"missing here ({message}); {hint}") from None
+    if getattr(processor, "image_processor", None) is None:
+        raise ModelLoadError(f"AutoProcessor gave a {type(processor).__name__} without an image processor for the "
+                             f"VLM {name!r}: its processor_config.json / tokenizer_config.json name no processor "
+                             "class this transformers knows; save the checkpoint's processor with save_pretrained "
+                             "from HF's processor class")
+    return processor
