@@ -48,7 +48,7 @@ def test_ar_matches_hf_generate_and_eagle2_is_lossless_on_qwen_vl(model):
     loaded, adapter = tiny_by_name(model)
     assert isinstance(adapter, MRopeAdapter)
     eagle2 = prepared("eagle2", adapter, draft="random")
-    for sample in easyvqa_samples():
+    for sample in easyvqa_samples()[:2]:  # with the offset off by one, both diverge from generate (at token 1 to 24)
         prompt = adapter.build_prompt(sample.messages, sample.images)
         ar = decode(adapter, prompt, None, 40, GREEDY)
         assert ar.new_ids == _hf_generate(loaded, prompt, 40)
