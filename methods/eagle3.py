@@ -159,3 +159,108 @@ class Eagle3Draft(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Draft-vocabulary logits of the draft's hidden states."""
         return self.lm_head(self.norm(hidden))
+
+
+@dataclass
+class Eagle3Options(Eagle2Options):  # depth / top_k / total_token: EAGLE-2's tree; noise / mtp_steps unused
+    layers: str = ""  # target decoder layers whose inputs are fused, e.g. "2,15,27"; "" = the checkpoint's or the reference's
+    draft_vocab_size: int = 0  # draft lm_head rows (training); 0 = min(target vocabulary, 32000); a checkpoint brings its own
+    ttt_steps: int = 7  # training-time test: unrolled draft steps per position (the reference's `length`)
+
+
+class Eagle3Proposer(Eagle2Proposer):
+    """EAGLE-2's proposer with the draft reading the target's captured layer features
+    (adapter.layer_features) where EAGLE-2 reads its last hidden states, and scoring with its own
+    norm + lm_head over the draft vocabulary (draft ids mapped to target ids through d2t)."""
+
+    def __init__(self, draft: Eagle3Draft, adapter, options, draft_head, tree, step=None):
+        super().__init__(draft, adapter, options, draft_head, tree, step)
+        self.adapter = adapter
+        self.token_map = draft.target_ids()  # draft id -> target id, for to_vocab in _top
+        self.norm = draft.norm
+
+    def prefill_pairs(self, prompt, prefill, first_token: int):
+        _, token_embeds, positions = super().prefill_pairs(prompt, prefill, first_token)
+        return self._layer_features(), token_embeds, positions  # pair i = (f_i, e_{i+1})
+
+    def absorb(self, result):
+        super().absorb(result)
+        _, token_embeds, positions = self.pending
+        self.pending = (self._layer_features()[result.path], token_embeds, positions)
+
+    def _layer_features(self) -> torch.Tensor:
+        features = self.adapter.layer_features
+        if features is None:
+            raise RuntimeError("eagle3: the target adapter captured no layer features; Eagle3.prepare asks for "
+                               "them (adapter.capture_layers) before decoding")
+        return features
+
+    def _top(self, hidden, k: int):
+        log_probs = torch.log_softmax(nn.functional.linear(self.norm(hidden), self.draft_head).float(), dim=-1)
+        top = log_probs.topk(k)
+        return top.values, self.token_map[top.indices]
+
+
+class Eagle3(Eagle2):
+    name = "eagle3"
+    Options = Eagle3Options
+    draft_class = Eagle3Draft
+    proposer_class = Eagle3Proposer
+
+    def layer_ids(self, adapter, checkpoint=None) -> tuple[int, ...]:
+        """The option, else what the checkpoint says (ours: draft_config.json `layer_ids`; speculators:
+        `eagle_aux_hidden_state_layer_ids`), else the reference's choice for the target's depth."""
+        if self.options.layers:
+            return parse_layer_ids(self.options.layers)
+        config = {} if checkpoint is None else checkpoint.config
+        published = published_config(checkpoint) or {}
+        found = config.get("layer_ids") or published.get("eagle_aux_hidden_state_layer_ids")
+        return tuple(found) if found else reference_layer_ids(adapter.text_config.num_hidden_layers)
+
+    def draft_vocab_size(self, adapter, checkpoint=None) -> int:
+        if checkpoint is not None and "lm_head.weight" in checkpoint.state_dict:
+            return checkpoint.state_dict["lm_head.weight"].shape[0]
+        return self.options.draft_vocab_size or min(adapter.vocab_size, REFERENCE_DRAFT_VOCAB)
+
+    def build_draft(self, adapter, checkpoint=None) -> nn.Module:
+        return self.draft_class(adapter.text_config, self.layer_ids(adapter, checkpoint),
+                                self.draft_vocab_size(adapter, checkpoint), published_config(checkpoint))
+
+    def load_checkpoint(self, draft, checkpoint, source: str) -> None:
+        from vispec_bench.drafts.checkpoints import load_matching
+
+        state = dict(checkpoint.state_dict)
+        if "d2t" not in state and "t2d" not in state and draft.draft_vocab_size == draft.t2d.shape[0]:
+            # the reference drops both maps when the draft keeps the whole vocabulary (ea_model.py)
+            state["d2t"], state["t2d"] = torch.zeros_like(draft.d2t), torch.ones_like(draft.t2d)
+        load_matching(draft, state, f"{self.name} checkpoint {source}", ignore_prefixes=self.ignored_checkpoint_keys)
+        draft.vocabulary_from_checkpoint = True
+
+    def prepare(self, adapter):
+        super().prepare(adapter)
+        adapter.capture_layers(self.draft.layer_ids)
+
+    def proposal_head(self, adapter) -> torch.Tensor:
+        return self.draft.lm_head.weight
+
+    # --- training (methods/eagle3_training.py) ----------------------------------------------
+    def prepare_teacher(self, adapter, draft) -> None:
+        adapter.capture_layers(draft.layer_ids)
+
+    def fit_to_data(self, draft, answer_rows, adapter) -> None:
+        from methods.eagle3_training import fit_vocabulary
+
+        if self.options.vocab:
+            raise InputError("eagle3 sizes its draft vocabulary with eagle3.draft_vocab_size, not eagle3.vocab")
+        if not getattr(draft, "vocabulary_from_checkpoint", False):  # --init brings its own maps
+            fit_vocabulary(draft, answer_rows, adapter.eos_token_ids)
+
+    def checkpoint_config(self, adapter) -> dict:
+        config = super().checkpoint_config(adapter)
+        config["layer_ids"] = list(self.layer_ids(adapter))
+        return config
+
+    def make_trainer(self, draft: nn.Module, lm_head: nn.Module):
+        from methods.eagle3_training import Eagle3Trainer
+
+        return Eagle3Trainer(draft, lm_head, self.options)
