@@ -119,8 +119,8 @@ def eagle3_cases(generator) -> None:
     from speculators.models.eagle3 import Eagle3DraftModel, Eagle3SpeculatorConfig
     from transformers import LlamaConfig
 
-    cases = {"speculators_eagle3_llava_reduced": ("tiny-llava", 96, [1, 1, 2], {}),
-             "speculators_eagle3_qwen_fullvocab": ("tiny-qwen25vl", VOCAB, [0, 1, 2],
+    cases = {"speculators_eagle3_llava_reduced": ("tiny-llava", 96, [0, 1, 1], {}),
+             "speculators_eagle3_qwen_fullvocab": ("tiny-qwen25vl", VOCAB, [1, 0, 1],
                                                    {"rope_theta": 1000000.0, "intermediate_size": 96})}
     for name, (target, draft_vocab, aux_ids, overrides) in cases.items():
         torch.manual_seed(0)
