@@ -39,14 +39,15 @@ def test_speculators_eagle_draft_reproduces_speculators_forward(name):
     assert (out - io["out"]).abs().max() <= 1e-5
 
 
-def test_speculators_eagle_drafts_decode_exactly_as_ar():
+@pytest.mark.slow  # ~10-20 s each on two cores; the same EagleDraft as the EAGLE layouts' quick decode tests
+@pytest.mark.parametrize("name", EAGLE_CASES)
+def test_speculators_eagle_draft_decodes_exactly_as_ar(name):
+    about, _ = case(name)
+    _, adapter = tiny_by_name(about["target"])
     samples = easyvqa_samples(limit=2)
-    for name in EAGLE_CASES:
-        about, _ = case(name)
-        _, adapter = tiny_by_name(about["target"])
-        ar = [r.new_ids for r in decode_all(adapter, None, samples, max_new_tokens=24)]
-        built = prepared("eagle2", adapter, draft=FIXTURES / name)
-        assert [r.new_ids for r in decode_all(adapter, built, samples, max_new_tokens=24)] == ar, name
+    ar = [r.new_ids for r in decode_all(adapter, None, samples, max_new_tokens=24)]
+    built = prepared("eagle2", adapter, draft=FIXTURES / name)
+    assert [r.new_ids for r in decode_all(adapter, built, samples, max_new_tokens=24)] == ar
 
 
 def edited(tmp_path, name: str, edit) -> Path:

@@ -172,7 +172,13 @@ def check_published(checkpoint: DraftCheckpoint, adapter, what: str, hidden_size
 
 def check_verifier(config: dict, adapter, what: str) -> None:
     """A speculators draft names the verifier it was trained for: a target of another architecture
-    (another family, or a text model for a VLM) is refused even where the shapes happen to agree."""
+    (another family, or a text model for a VLM) is refused even where the shapes happen to agree,
+    and so is a target without the decoder layers whose inputs an eagle3 draft reads."""
+    layer_ids = config.get("eagle_aux_hidden_state_layer_ids") or []
+    num_layers = adapter.text_config.num_hidden_layers
+    if any(not 0 <= int(i) < num_layers for i in layer_ids):
+        raise DraftCheckpointError(f"{what} reads the inputs of the target's decoder layers {list(layer_ids)} "
+                                   f"(eagle_aux_hidden_state_layer_ids), but this target has {num_layers} layers")
     expected = config.get("verifier_architectures") or []
     if not expected:
         return
