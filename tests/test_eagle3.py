@@ -17,6 +17,7 @@ from methods.eagle3_training import unroll_mask
 from vispec_bench.drafts.training import frozen_float_lm_head, teacher_features
 from vispec_bench.engine.adapter import make_adapter
 from vispec_bench.engine.decode import decode
+from vispec_bench.engine.engines import Engine
 from vispec_bench.plugins.method import make_method
 
 
@@ -138,10 +139,13 @@ def test_state_dict_names_are_the_reference_checkpoints():
 
 
 @pytest.mark.parametrize("model", tiny_models_fast_on("tiny-llava"))
-@pytest.mark.parametrize("engine", ["eager", pytest.param("static", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("engine", ["eager", pytest.param("static", marks=pytest.mark.slow),
+                                    pytest.param("compiled", marks=pytest.mark.slow)])
 def test_eagle3_reproduces_ar_with_one_and_two_images(model, engine, released):
+    """Also on the static and compiled (aot_eager) engines, where the features come out of the
+    (compiled) verify forward itself."""
     loaded, _ = tiny_by_name(model)
-    adapter = make_adapter(loaded.model, loaded.processor, engine)
+    adapter = make_adapter(loaded.model, loaded.processor, Engine(engine, "cpu", "aot_eager"))
     samples = easyvqa_samples(limit=2)
     ar = decode_all(adapter, None, samples)
     method = prepared("eagle3", adapter, draft="random", draft_vocab_size=200)
