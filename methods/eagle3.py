@@ -28,8 +28,10 @@ target's, so decoding is lossless whatever the draft proposes.
 On VLM targets the draft sees every prompt position, image positions included, as the EAGLE-2
 draft here does: at an image position its feature is the target's (the three layer inputs
 there) and its "token embedding" is what the target's decoder received at that position, the
-projector's image embedding (an image placeholder id has no useful embedding of its own). The
-draft positions are the cache indices 0..S-1 (1-D rope also on Qwen2.5-VL targets).
+projector's image embedding (an image placeholder id has no useful embedding of its own); vLLM's
+EAGLE proposer does the same for multimodal targets (it embeds the draft's input ids with the
+target's multimodal embeddings merged in). The draft positions are the cache indices 0..S-1
+(1-D rope, also on Qwen2.5-VL targets, as this package's EAGLE-2 and ViSpec drafts).
 
 Training (training-time test; methods/eagle3_training.py): see there.
 """
