@@ -75,12 +75,14 @@ def _rope(x, positions, theta):  # x [heads, n, d]; rotate-half convention (HF /
     return x * cos + rotated * sin
 
 
-def test_draft_forward_equals_the_architecture_computed_by_hand():
-    """fc over the features -> residual a; attention on cat(input_norm(e), hidden_norm(a)) (2H);
-    MLP with its post-attention norm; norm + lm_head; causal, positions 3..7."""
+@pytest.mark.parametrize("norm_before_residual", [False, True])
+def test_draft_forward_equals_the_architecture_computed_by_hand(norm_before_residual):
+    """fc over the features -> residual a (speculators' norm_before_residual: hidden_norm(a));
+    attention on cat(input_norm(e), hidden_norm(a)) (2H); MLP with its post-attention norm;
+    norm + lm_head; causal, positions 3..7."""
     _, adapter = tiny_by_name("tiny-llava")
     torch.manual_seed(0)
-    draft = Eagle3Draft(adapter.text_config, (0, 1, 1), 100).eval()
+    draft = Eagle3Draft(adapter.text_config, (0, 1, 1), 100, norm_before_residual=norm_before_residual).eval()
     for param in draft.parameters():  # norms away from 1, so a missing or swapped norm shows
         torch.nn.init.normal_(param, mean=1.0 if param.dim() == 1 else 0.0, std=0.3 if param.dim() == 1 else 0.1)
     hidden_size, num = adapter.hidden_size, 5
@@ -105,7 +107,8 @@ def test_draft_forward_equals_the_architecture_computed_by_hand():
         k, v = k.repeat_interleave(heads // kv_heads, 0), v.repeat_interleave(heads // kv_heads, 0)
         scores = (q @ k.transpose(1, 2) / math.sqrt(head_dim)).masked_fill(~visible, float("-inf"))
         attended = (scores.softmax(-1) @ v).transpose(0, 1).reshape(num, hidden_size)
-        y = a + attended @ state["midlayer.self_attn.o_proj.weight"].T
+        residual = _rms(a, state["midlayer.hidden_norm.weight"], eps) if norm_before_residual else a
+        y = residual + attended @ state["midlayer.self_attn.o_proj.weight"].T
         z = _rms(y, state["midlayer.post_attention_layernorm.weight"], eps)
         mlp = (torch.nn.functional.silu(z @ state["midlayer.mlp.gate_proj.weight"].T)
                * (z @ state["midlayer.mlp.up_proj.weight"].T)) @ state["midlayer.mlp.down_proj.weight"].T
