@@ -28,8 +28,10 @@ target's, so decoding is lossless whatever the draft proposes.
 On VLM targets the draft sees every prompt position, image positions included, as the EAGLE-2
 draft here does: at an image position its feature is the target's (the three layer inputs
 there) and its "token embedding" is what the target's decoder received at that position, the
-projector's image embedding (an image placeholder id has no useful embedding of its own). The
-draft positions are the cache indices 0..S-1 (1-D rope also on Qwen2.5-VL targets).
+projector's image embedding (an image placeholder id has no useful embedding of its own); vLLM's
+EAGLE proposer does the same for multimodal targets (it embeds the draft's input ids with the
+target's multimodal embeddings merged in). The draft positions are the cache indices 0..S-1
+(1-D rope, also on Qwen2.5-VL targets, as this package's EAGLE-2 and ViSpec drafts).
 
 Training (training-time test; methods/eagle3_training.py): see there.
 """
@@ -69,8 +71,10 @@ def parse_layer_ids(text: str) -> tuple[int, ...]:
 class Eagle3Layer(nn.Module):
     """The midlayer: HF's attention (q/k/v widened to 2H), MLP and norms of the target's family."""
 
-    def __init__(self, config, layer_class):
+    def __init__(self, config, layer_class, norm_before_residual: bool = False):
         super().__init__()
+        # speculators' option: the residual is hidden_norm(a) instead of a (the reference: a)
+        self.norm_before_residual = norm_before_residual
         hidden, head_dim = config.hidden_size, config.head_dim
         layer = layer_class(config, layer_idx=0)
         self.self_attn, self.mlp = layer.self_attn, layer.mlp
@@ -87,10 +91,11 @@ class Eagle3Layer(nn.Module):
 
     def forward(self, token_embeds, hidden, position_embeddings, attention_mask, cache=None):
         """token_embeds, hidden [B, n, H] -> the layer's output [B, n, H]."""
-        x = torch.cat([self.input_layernorm(token_embeds), self.hidden_norm(hidden)], dim=-1)  # [B, n, 2H]
+        normed = self.hidden_norm(hidden)
+        x = torch.cat([self.input_layernorm(token_embeds), normed], dim=-1)  # [B, n, 2H]
         attended = self.self_attn(hidden_states=x, position_embeddings=position_embeddings,
                                   attention_mask=attention_mask, **{self._cache_argument: cache})[0]
-        hidden = hidden + attended
+        hidden = (normed if self.norm_before_residual else hidden) + attended
         return hidden + self.mlp(self.post_attention_layernorm(hidden))
 
 
@@ -99,10 +104,11 @@ class Eagle3Draft(nn.Module):
 
     `layer_ids`: the target decoder layers whose inputs are fused (not in the state dict: the
     method finds them in the checkpoint's config or its options). `draft_vocab_size`: rows of
-    lm_head. `published`: a published draft's config.json (layer shapes, target_hidden_size)."""
+    lm_head. `published`: a published draft's config.json (layer shapes, target_hidden_size).
+    `fc_bias`, `norm_before_residual`: what the speculators format may set (the reference: off)."""
 
     def __init__(self, text_config, layer_ids: tuple[int, ...], draft_vocab_size: int,
-                 published: dict | None = None):
+                 published: dict | None = None, fc_bias: bool = False, norm_before_residual: bool = False):
         super().__init__()
         config, layer_class, rotary_class = draft_layer_config(text_config, published)
         config.attention_bias = False
@@ -114,8 +120,8 @@ class Eagle3Draft(nn.Module):
                              f"got {draft_vocab_size}")
         self.config = config
         self.layer_ids = tuple(layer_ids)
-        self.fc = nn.Linear(len(self.layer_ids) * target_hidden, hidden, bias=False)
-        self.midlayer = Eagle3Layer(config, layer_class)
+        self.fc = nn.Linear(len(self.layer_ids) * target_hidden, hidden, bias=fc_bias)
+        self.midlayer = Eagle3Layer(config, layer_class, norm_before_residual)
         self.norm = type(self.midlayer.input_layernorm)(hidden, eps=config.rms_norm_eps)
         self.lm_head = nn.Linear(hidden, draft_vocab_size, bias=False)
         self.rotary_emb = rotary_class(config=config)

@@ -17,6 +17,7 @@ from methods.eagle3_training import unroll_mask
 from vispec_bench.drafts.training import frozen_float_lm_head, teacher_features
 from vispec_bench.engine.adapter import make_adapter
 from vispec_bench.engine.decode import decode
+from vispec_bench.engine.engines import Engine
 from vispec_bench.plugins.method import make_method
 
 
@@ -74,12 +75,14 @@ def _rope(x, positions, theta):  # x [heads, n, d]; rotate-half convention (HF /
     return x * cos + rotated * sin
 
 
-def test_draft_forward_equals_the_architecture_computed_by_hand():
-    """fc over the features -> residual a; attention on cat(input_norm(e), hidden_norm(a)) (2H);
-    MLP with its post-attention norm; norm + lm_head; causal, positions 3..7."""
+@pytest.mark.parametrize("norm_before_residual", [False, True])
+def test_draft_forward_equals_the_architecture_computed_by_hand(norm_before_residual):
+    """fc over the features -> residual a (speculators' norm_before_residual: hidden_norm(a));
+    attention on cat(input_norm(e), hidden_norm(a)) (2H); MLP with its post-attention norm;
+    norm + lm_head; causal, positions 3..7."""
     _, adapter = tiny_by_name("tiny-llava")
     torch.manual_seed(0)
-    draft = Eagle3Draft(adapter.text_config, (0, 1, 1), 100).eval()
+    draft = Eagle3Draft(adapter.text_config, (0, 1, 1), 100, norm_before_residual=norm_before_residual).eval()
     for param in draft.parameters():  # norms away from 1, so a missing or swapped norm shows
         torch.nn.init.normal_(param, mean=1.0 if param.dim() == 1 else 0.0, std=0.3 if param.dim() == 1 else 0.1)
     hidden_size, num = adapter.hidden_size, 5
@@ -104,7 +107,8 @@ def test_draft_forward_equals_the_architecture_computed_by_hand():
         k, v = k.repeat_interleave(heads // kv_heads, 0), v.repeat_interleave(heads // kv_heads, 0)
         scores = (q @ k.transpose(1, 2) / math.sqrt(head_dim)).masked_fill(~visible, float("-inf"))
         attended = (scores.softmax(-1) @ v).transpose(0, 1).reshape(num, hidden_size)
-        y = a + attended @ state["midlayer.self_attn.o_proj.weight"].T
+        residual = _rms(a, state["midlayer.hidden_norm.weight"], eps) if norm_before_residual else a
+        y = residual + attended @ state["midlayer.self_attn.o_proj.weight"].T
         z = _rms(y, state["midlayer.post_attention_layernorm.weight"], eps)
         mlp = (torch.nn.functional.silu(z @ state["midlayer.mlp.gate_proj.weight"].T)
                * (z @ state["midlayer.mlp.up_proj.weight"].T)) @ state["midlayer.mlp.down_proj.weight"].T
@@ -138,10 +142,13 @@ def test_state_dict_names_are_the_reference_checkpoints():
 
 
 @pytest.mark.parametrize("model", tiny_models_fast_on("tiny-llava"))
-@pytest.mark.parametrize("engine", ["eager", pytest.param("static", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("engine", ["eager", pytest.param("static", marks=pytest.mark.slow),
+                                    pytest.param("compiled", marks=pytest.mark.slow)])
 def test_eagle3_reproduces_ar_with_one_and_two_images(model, engine, released):
+    """Also on the static and compiled (aot_eager) engines, where the features come out of the
+    (compiled) verify forward itself."""
     loaded, _ = tiny_by_name(model)
-    adapter = make_adapter(loaded.model, loaded.processor, engine)
+    adapter = make_adapter(loaded.model, loaded.processor, Engine(engine, "cpu", "aot_eager"))
     samples = easyvqa_samples(limit=2)
     ar = decode_all(adapter, None, samples)
     method = prepared("eagle3", adapter, draft="random", draft_vocab_size=200)
