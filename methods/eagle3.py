@@ -229,8 +229,10 @@ class Eagle3(Eagle2):
         return self.options.draft_vocab_size or min(adapter.vocab_size, REFERENCE_DRAFT_VOCAB)
 
     def build_draft(self, adapter, checkpoint=None) -> nn.Module:
+        published = published_config(checkpoint)
         return self.draft_class(adapter.text_config, self.layer_ids(adapter, checkpoint),
-                                self.draft_vocab_size(adapter, checkpoint), published_config(checkpoint))
+                                self.draft_vocab_size(adapter, checkpoint), published,
+                                norm_before_residual=bool((published or {}).get("norm_before_residual")))
 
     def load_checkpoint(self, draft, checkpoint, source: str) -> None:
         from vispec_bench.drafts.checkpoints import load_matching

@@ -2,7 +2,7 @@
 fc / midlayer.* / norm / lm_head / d2t / t2d) and the speculators `eagle3` layout (vllm-project/
 speculators), each written by the reference code itself (tests/golden/make_eagle3_golden.py,
 make_speculators_golden.py), load through `eagle3.draft=DIR`, reproduce the reference's hidden
-states (<= 1e-5) and top-k target ids (identical), decode exactly as AR, and what this package's
+states (<= 1e-5, relative above 1) and top-k target ids (identical), decode exactly as AR, and what this package's
 draft cannot be is refused by name."""
 
 import json
@@ -23,11 +23,18 @@ GOLDEN = Path(__file__).parent / "golden" / "fixtures"
 REFERENCE = GOLDEN / "published_eagle3"
 SPECULATORS = GOLDEN / "published_speculators"
 REFERENCE_CASES = ["reference_llava_reduced_bin", "reference_qwen_fullvocab_safetensors"]
-SPECULATORS_CASES = ["speculators_eagle3_llava_reduced", "speculators_eagle3_qwen_fullvocab"]
+SPECULATORS_CASES = ["speculators_eagle3_llava_reduced", "speculators_eagle3_qwen_fullvocab",
+                     "speculators_eagle3_llava_norm_before_residual"]
 
 
 def case(directory: Path) -> tuple[dict, dict]:
     return json.loads((directory / "case.json").read_text()), load_file(str(directory / "reference_io.safetensors"))
+
+
+def close(found: torch.Tensor, expected: torch.Tensor) -> bool:
+    """Within 1e-5, relative to the values' size where they exceed 1: float32 rounding of two attention
+    implementations (the references' eager, SDPA here) on hidden states up to ~20 in size."""
+    return float((found - expected).abs().max()) <= 1e-5 * max(1.0, float(expected.abs().max()))
 
 
 def run(draft, features, token_embeds, positions, visible, cache):
@@ -50,18 +57,18 @@ def test_eagle3_reference_checkpoint_reproduces_the_authors_draft(name):
     n, k = io["input_ids"].shape[1], about["top_k"]
     cache = DynamicCache()
     out = run(draft, io["features"], io["input_embeds"], torch.arange(n), causal_visible(n, 0, "cpu"), cache)
-    assert (out - io["out"]).abs().max() <= 1e-5
+    assert close(out, io["out"])
     proposer = built.make_proposer(adapter, None)
     values, ids = proposer._top(out[0, -1], k)
     assert ids.tolist() == io["top_ids"].tolist()
-    assert (values - io["top_values"]).abs().max() <= 1e-5
+    assert close(values, io["top_values"])
     visible = torch.cat([torch.ones(k, n, dtype=torch.bool), torch.eye(k, dtype=torch.bool)], dim=1)
     level2 = run(draft, out[:, -1:].expand(1, k, -1), adapter.embed_tokens(ids)[None], torch.full((k,), n), visible,
                  cache)
-    assert (level2 - io["level2_out"]).abs().max() <= 1e-5
+    assert close(level2, io["level2_out"])
     values, ids = proposer._top(level2[0], k)
     assert ids.tolist() == io["level2_top_ids"].tolist()
-    assert (values - io["level2_top_values"]).abs().max() <= 1e-5
+    assert close(values, io["level2_top_values"])
 
 
 @pytest.mark.parametrize("name", SPECULATORS_CASES)
@@ -75,6 +82,7 @@ def test_speculators_eagle3_draft_reproduces_speculators_forward(name):
     draft = built.draft
     assert list(draft.layer_ids) == about["eagle_aux_hidden_state_layer_ids"]
     assert draft.draft_vocab_size == about["draft_vocab_size"]
+    assert draft.midlayer.norm_before_residual == about["norm_before_residual"]
     n = io["input_ids"].shape[1]
     cache = DynamicCache()
     out = run(draft, io["features"], io["input_embeds"], torch.arange(n), causal_visible(n, 0, "cpu"), cache)
@@ -82,12 +90,12 @@ def test_speculators_eagle3_draft_reproduces_speculators_forward(name):
     step1 = run(draft, out, io["input_embeds_step1"], torch.arange(n) + 1, visible, cache)
     proposer = built.make_proposer(adapter, None)
     for step, hidden in enumerate((out, step1)):
-        assert (hidden - io[f"out_step{step}"]).abs().max() <= 1e-5, step
+        assert close(hidden, io[f"out_step{step}"]), step
         with torch.no_grad():
-            assert (draft.logits(hidden) - io[f"logits_step{step}"]).abs().max() <= 1e-5, step
+            assert close(draft.logits(hidden), io[f"logits_step{step}"]), step
             values, ids = proposer._top(hidden[0], 8)
         assert ids.tolist() == io[f"top_ids_step{step}"].tolist(), step
-        assert (values - io[f"top_values_step{step}"]).abs().max() <= 1e-5, step
+        assert close(values, io[f"top_values_step{step}"]), step
 
 
 # One layout decodes in the quick suite; the others (each ~10 s on two cores) behind `slow`.
@@ -118,7 +126,7 @@ def edited(tmp_path, source: Path, name: str, edit) -> Path:
 def test_eagle3_layouts_this_package_cannot_serve_are_refused_by_name(tmp_path):
     _, adapter = tiny_by_name("tiny-llava")
     source = SPECULATORS / "speculators_eagle3_llava_reduced"
-    for flag in ("norm_before_residual", "norm_before_fc", "fc_norm", "norm_output"):
+    for flag in ("norm_before_fc", "fc_norm", "norm_output"):
         with pytest.raises(DraftCheckpointError, match=f"speculators 'eagle3' draft with {flag} .*no such option"):
             prepared("eagle3", adapter, draft=edited(tmp_path, source, flag, lambda c: c.update({flag: True})))
     deeper = edited(tmp_path, source, "layers", lambda c: c["transformer_layer_config"].update(num_hidden_layers=2))

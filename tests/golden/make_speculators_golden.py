@@ -114,20 +114,23 @@ def eagle_cases(generator) -> None:
 
 
 def eagle3_cases(generator) -> None:
-    """EAGLE-3 with a reduced draft vocabulary on tiny-llava, with the full one on tiny-qwen25vl."""
+    """EAGLE-3 with a reduced draft vocabulary on tiny-llava, with the full one on tiny-qwen25vl, and
+    with norm_before_residual (speculators' option: the residual after hidden_norm) on tiny-llava."""
     import importlib.metadata
     from speculators.models.eagle3 import Eagle3DraftModel, Eagle3SpeculatorConfig
     from transformers import LlamaConfig
 
-    cases = {"speculators_eagle3_llava_reduced": ("tiny-llava", 96, [0, 1, 1], {}),
+    cases = {"speculators_eagle3_llava_reduced": ("tiny-llava", 96, [0, 1, 1], {}, False),
              "speculators_eagle3_qwen_fullvocab": ("tiny-qwen25vl", VOCAB, [1, 0, 1],
-                                                   {"rope_theta": 1000000.0, "intermediate_size": 96})}
-    for name, (target, draft_vocab, aux_ids, overrides) in cases.items():
+                                                   {"rope_theta": 1000000.0, "intermediate_size": 96}, False),
+             "speculators_eagle3_llava_norm_before_residual": ("tiny-llava", 128, [0, 1, 1], {}, True)}
+    for name, (target, draft_vocab, aux_ids, overrides, norm_before_residual) in cases.items():
         torch.manual_seed(0)
         layer = LlamaConfig(**{**LAYER, **overrides})
         layer._attn_implementation = "eager"
         config = Eagle3SpeculatorConfig(transformer_layer_config=layer, draft_vocab_size=draft_vocab,
                                         eagle_aux_hidden_state_layer_ids=aux_ids,
+                                        norm_before_residual=norm_before_residual,
                                         speculators_config=speculators_config("eagle3", target))
         model = Eagle3DraftModel(config).eval()
         randomize(model, generator)
@@ -156,7 +159,7 @@ def eagle3_cases(generator) -> None:
                             f"top_values_step{step}": top.values, f"top_ids_step{step}": ids})
         write_case(name, model, {k: v.detach() for k, v in tensors.items()},
                    {"target": target, "variant": "eagle3", "draft_vocab_size": draft_vocab,
-                    "eagle_aux_hidden_state_layer_ids": aux_ids,
+                    "eagle_aux_hidden_state_layer_ids": aux_ids, "norm_before_residual": norm_before_residual,
                     "speculators_version": importlib.metadata.version("speculators")})
 
 

@@ -13,9 +13,10 @@ package has:
 - `eagle3`: fc over the concatenated auxiliary target features (`eagle_aux_hidden_state_layer_ids`,
   indices into HF's `hidden_states` tuple: the input of that decoder layer), `layers.0.*` (the
   EAGLE-3 first layer: hidden_norm, input_layernorm, attention over 2H), norm, lm_head over
-  `draft_vocab_size` tokens, d2t/t2d when that vocabulary is reduced. Options the EAGLE-3
-  reference draft does not have (more layers, norm_before_residual, norm_before_fc, fc_norm,
-  norm_output, a draft width other than the target's) are refused by name.
+  `draft_vocab_size` tokens, d2t/t2d when that vocabulary is reduced; `norm_before_residual`
+  (the residual taken after hidden_norm) is passed on to the draft. Options the EAGLE-3 draft
+  here does not have (more layers, norm_before_fc, fc_norm, norm_output, a Qwen3 layer with q/k
+  norms, a draft width other than the target's) are refused by name.
 
 `translate` maps either onto the names and the flat config.json keys of the EAGLE authors'
 layouts, which the `eagle2` and `eagle3` drafts load (vispec_bench.drafts.published).
@@ -31,7 +32,6 @@ from vispec_bench.drafts.checkpoints import DraftCheckpointError
 EAGLE_LAYER_TYPES = {"llama": False, "mistral": False, "qwen2": True}  # model_type -> q/k/v bias
 EAGLE3_LAYER_TYPES = ("llama",)  # the EAGLE-3 reference's first layer is Llama's (no q/k norms)
 EAGLE3_UNSUPPORTED_FLAGS = {
-    "norm_before_residual": "the residual taken after hidden_norm",
     "norm_before_fc": "an RMSNorm over the concatenated target features before fc",
     "fc_norm": "an RMSNorm per target feature before fc",
     "norm_output": "normalised hidden states fed back between draft steps (EAGLE 3.1)",
@@ -145,5 +145,6 @@ def _translate_eagle3(state, config, what):
                                    + ": this package's EAGLE-3 draft (the reference's) has no such option")
     published = {**flat_layer_keys(layer), "draft_vocab_size": int(config.get("draft_vocab_size", layer.vocab_size)),
                  "eagle_aux_hidden_state_layer_ids": config.get("eagle_aux_hidden_state_layer_ids"),
+                 "norm_before_residual": bool(config.get("norm_before_residual", False)),
                  **verifier_of(config)}
     return renamed(state, {"layers.0.": "midlayer."}, VERIFIER_KEYS["eagle3"]), published, "eagle3"
