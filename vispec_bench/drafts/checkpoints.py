@@ -6,9 +6,13 @@ Hugging Face cache; see vispec_bench.drafts.published):
   `model.safetensors` (keys fc.*, layers.0.*, optionally embed_tokens.weight; the ViSpec repo's
   Medusa baseline: medusa_head.{i}.0.linear.*);
 - Medusa: `medusa_lm_head.pt` (keys {i}.0.linear.*, {i}.1.weight: a vocabulary projection per
-  head) or `medusa_lm_head.safetensors` (ResBlocks only: the heads share the target's lm_head).
+  head) or `medusa_lm_head.safetensors` (ResBlocks only: the heads share the target's lm_head);
+- EAGLE-3 (SafeAILab): config.json with `draft_vocab_size` + fc, midlayer.*, norm, lm_head, d2t, t2d;
+- the speculators layout (vllm-project/speculators, `eagle` and `eagle3`), translated to the
+  names above (vispec_bench.drafts.speculators_layout).
 These carry no target description; `check_published` checks hidden size and vocabulary from
-their config.json and tensor shapes instead, and refuses full-model checkpoints.
+their config.json and tensor shapes instead (and a speculators draft's verifier architecture and
+feature layers), and refuses full-model checkpoints.
 """
 
 from __future__ import annotations
