@@ -152,3 +152,18 @@ def test_eagle3_layouts_this_package_cannot_serve_are_refused_by_name(tmp_path):
     for directory in (source, REFERENCE / "reference_llava_reduced_bin"):
         with pytest.raises(DraftCheckpointError, match="is a 'eagle3' draft, not a 'eagle2' draft"):
             prepared("eagle2", adapter, draft=directory)
+
+
+@pytest.mark.slow  # a CLI run of three methods on the tiny target (~30 s on two cores)
+def test_published_eagle3_and_speculators_layouts_load_through_the_cli(tmp_path):
+    from vispec_bench.cli import main
+
+    args = ["run", "--model", "tiny-llava", "--methods", "eagle2,eagle3", "--method-args",
+            f"eagle3.draft={SPECULATORS / 'speculators_eagle3_llava_reduced'}",
+            f"eagle2.draft={SPECULATORS / 'speculators_eagle_llava'}", "--limit", "2", "--max-new-tokens", "16",
+            "--dtype", "float32", "--device", "cpu", "--out", str(tmp_path / "runs"), "--run-id", "pub",
+            "--no-progress"]
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "runs" / "pub" / "summary.json").read_text())
+    for method in ("eagle2", "eagle3"):
+        assert summary["methods"][method]["exact_match_rate"] == 1.0, method
