@@ -286,10 +286,15 @@ class Eagle2(DraftMethod, DraftTraining):
                              f">= 2, counting the root (0 = device default, -1 = auto); "
                              f"got {opts.depth}, {opts.top_k}, {opts.total_token}")
         self.draft = self.load_draft_network(adapter)
-        self.draft_head = head_weight(adapter.lm_head.weight, token_map_of(self.draft))
+        self.draft_head = self.proposal_head(adapter)
         self.tree, self.tree_choice = tree_settings.resolve(opts.depth, opts.top_k, opts.total_token, adapter.device,
                                                           measure=lambda: self._measure_costs(adapter))
         self.draft_step = adapter.engine.compile(draft_forward)
+
+    def proposal_head(self, adapter) -> torch.Tensor:
+        """The weight that scores the draft's outputs: the target's lm_head rows of the draft vocabulary
+        (EAGLE-3 has its own lm_head)."""
+        return head_weight(adapter.lm_head.weight, token_map_of(self.draft))
 
     def _measure_costs(self, adapter):
         """(target verify costs, seconds per draft level) for total_token=-1."""

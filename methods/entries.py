@@ -15,6 +15,8 @@ ENTRIES = [
           "prompt lookup: copies what followed the context's last n-gram earlier on (no draft network; HF's defaults)"),
     Entry("eagle2", "methods.eagle2:Eagle2",
           "EAGLE-2: one-layer feature draft + dynamic tree (depth/top_k/total_token as in EAGLE's code)"),
+    Entry("eagle3", "methods.eagle3:Eagle3",
+          "EAGLE-3: draft on fused low/mid/high target features, own reduced-vocabulary head, training-time test"),
     Entry("eaglevlm", "methods.eaglevlm:EagleVLM",
           "EagleVLM (SpecVLM's baseline): EAGLE-2 with the draft layer's input layernorm kept"),
     Entry("vispec", "methods.vispec:ViSpec",

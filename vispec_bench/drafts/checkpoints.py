@@ -6,9 +6,13 @@ Hugging Face cache; see vispec_bench.drafts.published):
   `model.safetensors` (keys fc.*, layers.0.*, optionally embed_tokens.weight; the ViSpec repo's
   Medusa baseline: medusa_head.{i}.0.linear.*);
 - Medusa: `medusa_lm_head.pt` (keys {i}.0.linear.*, {i}.1.weight: a vocabulary projection per
-  head) or `medusa_lm_head.safetensors` (ResBlocks only: the heads share the target's lm_head).
+  head) or `medusa_lm_head.safetensors` (ResBlocks only: the heads share the target's lm_head);
+- EAGLE-3 (SafeAILab): config.json with `draft_vocab_size` + fc, midlayer.*, norm, lm_head, d2t, t2d;
+- the speculators layout (vllm-project/speculators, `eagle` and `eagle3`), translated to the
+  names above (vispec_bench.drafts.speculators_layout).
 These carry no target description; `check_published` checks hidden size and vocabulary from
-their config.json and tensor shapes instead, and refuses full-model checkpoints.
+their config.json and tensor shapes instead (and a speculators draft's verifier architecture and
+feature layers), and refuses full-model checkpoints.
 """
 
 from __future__ import annotations
@@ -78,7 +82,7 @@ def draft_weights_file(path: Path) -> Path:
 def load_draft(path: str | Path) -> DraftCheckpoint:
     from safetensors.torch import load_file
 
-    from vispec_bench.drafts.published import read_published_config, resolve_draft_source
+    from vispec_bench.drafts.published import interpret_published, read_published_config, resolve_draft_source
 
     weights = draft_weights_file(resolve_draft_source(path))
     if weights.name == WEIGHTS:
@@ -86,8 +90,10 @@ def load_draft(path: str | Path) -> DraftCheckpoint:
                                "vispec-bench", WEIGHTS)
     state = (load_file(str(weights)) if weights.suffix == ".safetensors"
              else torch.load(weights, map_location="cpu", weights_only=True))
-    return DraftCheckpoint(state, {"published_config": read_published_config(weights.parent)}, "published",
-                           weights.name)
+    state, published, method = interpret_published(state, read_published_config(weights.parent),
+                                                   f"draft {weights.parent} ({weights.name})")
+    config = {"published_config": published} if method is None else {"published_config": published, "method": method}
+    return DraftCheckpoint(state, config, "published", weights.name)
 
 
 def check_target(checkpoint: DraftCheckpoint, adapter, method: str, compatible: tuple[str, ...] = ()) -> None:
@@ -133,7 +139,10 @@ FULL_MODEL_MARKERS = ("model.layers.", "language_model.", "lm_head.weight", "mod
 
 
 def refuse_full_model(checkpoint: DraftCheckpoint, what: str) -> None:
-    full = sorted({m for m in FULL_MODEL_MARKERS for key in checkpoint.state_dict if key.startswith(m)})
+    # An EAGLE-3 draft has its own lm_head (over its reduced vocabulary).
+    own_head = checkpoint.config.get("method") == "eagle3"
+    markers = [m for m in FULL_MODEL_MARKERS if not (own_head and m == "lm_head.weight")]
+    full = sorted({m for m in markers for key in checkpoint.state_dict if key.startswith(m)})
     if full:
         raise DraftCheckpointError(f"{what} looks like a full model checkpoint, not a draft (keys starting with "
                                    f"{', '.join(full)}): pass the directory of the draft alone")
@@ -146,11 +155,13 @@ def check_published(checkpoint: DraftCheckpoint, adapter, what: str, hidden_size
     Raises on a mismatch, and when the vocabulary cannot be known (a full-model checkpoint was
     refused before: refuse_full_model, called for every published layout by the loader)."""
     state, config = checkpoint.state_dict, checkpoint.config.get("published_config", {})
-    embed = state.get("embed_tokens.weight")
+    check_verifier(config, adapter, what)
+    embed, t2d = state.get("embed_tokens.weight"), state.get("t2d")
     sources = {"hidden_size": [("config.json", config.get("hidden_size")), ("its tensors", hidden_size),
                                ("embed_tokens", None if embed is None else embed.shape[1])],
                "vocab_size": [("config.json", config.get("vocab_size")), ("its tensors", vocab_size),
-                              ("embed_tokens", None if embed is None else embed.shape[0])]}
+                              ("embed_tokens", None if embed is None else embed.shape[0]),
+                              ("t2d", None if t2d is None else t2d.shape[0])]}
     here = {"hidden_size": adapter.hidden_size, "vocab_size": adapter.vocab_size}
     for key, found in sources.items():
         known = [(where, value) for where, value in found if value is not None]
@@ -161,6 +172,26 @@ def check_published(checkpoint: DraftCheckpoint, adapter, what: str, hidden_size
             if int(value) != here[key]:
                 raise DraftCheckpointError(f"{what} was made for a target with {key}={value} ({where}), "
                                            f"but this target has {key}={here[key]}")
+
+
+def check_verifier(config: dict, adapter, what: str) -> None:
+    """A speculators draft names the verifier it was trained for: a target of another architecture
+    (another family, or a text model for a VLM) is refused even where the shapes happen to agree,
+    and so is a target without the decoder layers whose inputs an eagle3 draft reads."""
+    layer_ids = config.get("eagle_aux_hidden_state_layer_ids") or []
+    num_layers = adapter.text_config.num_hidden_layers
+    if any(not 0 <= int(i) < num_layers for i in layer_ids):
+        raise DraftCheckpointError(f"{what} reads the inputs of the target's decoder layers {list(layer_ids)} "
+                                   f"(eagle_aux_hidden_state_layer_ids), but this target has {num_layers} layers")
+    expected = config.get("verifier_architectures") or []
+    if not expected:
+        return
+    here = {type(adapter.model).__name__, *(getattr(adapter.config, "architectures", None) or [])}
+    if not here & set(expected):
+        raise DraftCheckpointError(
+            f"{what} was trained for a {'/'.join(expected)} verifier "
+            f"({config.get('verifier_name_or_path') or 'unnamed'}), "
+            f"but this target is a {type(adapter.model).__name__}")
 
 
 MEDUSA_KEY = re.compile(r"^(\d+)\.(\d+)\.(linear\.weight|linear\.bias|weight)$")

@@ -38,3 +38,28 @@ def read_published_config(directory: str | Path) -> dict:
     """The checkpoint's own config.json ({} when it has none)."""
     config_path = Path(directory) / "config.json"
     return json.loads(config_path.read_text()) if config_path.exists() else {}
+
+
+def is_eagle3_reference(state: dict, config: dict) -> bool:
+    """SafeAILab's EAGLE-3 layout: config.json with `draft_vocab_size`, weights under midlayer.*."""
+    return "draft_vocab_size" in config or any(key.startswith("midlayer.") for key in state)
+
+
+def interpret_published(state: dict, config: dict, what: str) -> tuple[dict, dict, str | None]:
+    """(state dict, flat config.json keys, the method it is a draft for, if the layout says) of a
+    published draft. The speculators layout is translated to the EAGLE authors' names and keys
+    (vispec_bench.drafts.speculators_layout); EAGLE-3 reference drafts are marked as eagle3 drafts, so
+    another method refuses them by kind; the EAGLE/EAGLE-2, ViSpec and Medusa layouts say nothing."""
+    from vispec_bench.drafts.speculators_layout import is_speculators, translate
+
+    if is_speculators(config):
+        return translate(state, config, what)
+    if is_eagle3_reference(state, config):
+        width = config.get("target_hidden_size")
+        if width is not None and width != config.get("hidden_size"):
+            raise DraftCheckpointError(
+                f"{what} is an EAGLE-3 draft {config.get('hidden_size')} wide over a target {width} wide "
+                "(target_hidden_size): it embeds tokens with its own embed_tokens, which this package's "
+                "EAGLE-3 draft (the target's embedding, the target's width) does not do")
+        return state, config, "eagle3"
+    return state, config, None

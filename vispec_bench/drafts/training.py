@@ -66,6 +66,8 @@ class TeacherFeatures:
     loss_mask: torch.Tensor  # [T] bool: True at answer positions (what the draft is asked to predict)
     prompt_length: int
     image_spans: list[tuple[int, int]] = field(default_factory=list)
+    # [T, k * H] inputs of the decoder layers the adapter captures (adapter.capture_layers; EAGLE-3), else None
+    layer_features: torch.Tensor | None = None
 
 
 @torch.no_grad()
@@ -74,13 +76,16 @@ def teacher_features(adapter, messages: list[dict], images: list, answer_ids: li
     (token embeddings, positions continuing after the prompt, Qwen2.5-VL's rope offset)."""
     prompt = adapter.build_prompt(messages, images)
     prefill = adapter.prefill(prompt)
+    prompt_layers = adapter.layer_features  # [S, k * H] when a method asked the adapter for them, else None
     answer = torch.tensor(list(answer_ids), dtype=torch.long, device=adapter.device)
     _, answer_hidden = adapter.forward(answer, logits=False)
     ids = torch.cat([prompt.input_ids, answer])
     embeds = torch.cat([prefill.input_embeds, adapter.embed_tokens(answer)])
     hidden = torch.cat([prefill.hidden, answer_hidden])
     mask = torch.arange(ids.shape[0], device=adapter.device) >= prompt.input_ids.shape[0]
-    return TeacherFeatures(ids, embeds.float(), hidden.float(), mask, prompt.input_ids.shape[0], prompt.image_spans)
+    layers = None if prompt_layers is None else torch.cat([prompt_layers, adapter.layer_features]).float()
+    return TeacherFeatures(ids, embeds.float(), hidden.float(), mask, prompt.input_ids.shape[0], prompt.image_spans,
+                           layers)
 
 
 def frozen_float_lm_head(adapter) -> nn.Linear:
@@ -120,7 +125,8 @@ class FeatureSource:
         row = self.dataset[index]
         features = teacher_features(self.adapter, json.loads(row["messages"]),
                                     [image.convert("RGB") for image in row["images"]], row["answer_ids"])
-        size = features.hidden.numel() * 4 * 2
+        size = (features.hidden.numel() * 2 + (0 if features.layer_features is None
+                                                else features.layer_features.numel())) * 4
         if self.used_bytes + size <= self.budget_bytes:
             self.cache[index] = features
             self.used_bytes += size
@@ -209,6 +215,7 @@ def train(config: TrainConfig, progress: bool = True, log=print, model_loader=No
         initial = load_draft(config.init)
         check_target(initial, adapter, method.draft_kind, method.compatible_checkpoints)
         method.load_checkpoint(draft, initial, source=config.init)
+    method.prepare_teacher(adapter, draft)
     if config.online:
         answers = OnlineAnswers(adapter, prompts, config.max_new_tokens)
         source = OnlineFeatureSource(adapter, prompts, answers)

@@ -84,6 +84,10 @@ class TargetAdapter:
         self._appended = 0  # entries the last forward appended (its block padded to the engine's bucket)
         self._captured: dict = {}
         self._position_offset = 0
+        # Intermediate-layer features (EAGLE-3): decoder-layer indices whose inputs prefill and every
+        # forward also return, concatenated, in `layer_features`; None = not asked (no cost).
+        self.captured_layer_ids: tuple[int, ...] | None = None
+        self.layer_features: torch.Tensor | None = None  # [n, len(ids) * H] of the last prefill/forward
         self._step = self.engine.compile(self._decode_step)  # the verify/decode forward, compiled on `compiled`
 
     # --- identity -------------------------------------------------------------------------
@@ -161,6 +165,27 @@ class TargetAdapter:
                    if len(spans) < num_images else ""))
         return spans
 
+    def capture_layers(self, layer_ids) -> None:
+        """From now on, prefill and every forward also keep the inputs of these decoder layers (HF's
+        `output_hidden_states[i]`: the embeddings for 0, layer i - 1's output otherwise), concatenated
+        in the given order, in `layer_features` [n, len(layer_ids) * H], from the same forward (no
+        second one). None stops it. Set it before the compiled engine's warm-up: it is part of the graph."""
+        if layer_ids is None:
+            self.captured_layer_ids, self.layer_features = None, None
+            return
+        layer_ids = tuple(int(i) for i in layer_ids)
+        num_layers = self.text_config.num_hidden_layers
+        if not layer_ids or any(not 0 <= i < num_layers for i in layer_ids):
+            raise InputError(f"capture_layers: expected decoder-layer indices in [0, {num_layers}) (the inputs of "
+                             f"the target's {num_layers} layers), got {list(layer_ids)}")
+        self.captured_layer_ids = layer_ids
+
+    def _layer_features(self, out) -> torch.Tensor | None:
+        """[n, k * H] from a decoder output asked for its hidden states; None when not capturing."""
+        if self.captured_layer_ids is None:
+            return None
+        return torch.cat([out.hidden_states[i][0] for i in self.captured_layer_ids], dim=-1)
+
     # --- cache ----------------------------------------------------------------------------
     @property
     def cache_length(self) -> int:
@@ -198,10 +223,12 @@ class TargetAdapter:
         handle = self.decoder.register_forward_pre_hook(self._capture_decoder_inputs, with_kwargs=True)
         try:
             base = self.model.model
-            out = base(**prompt.model_inputs, past_key_values=self.cache, use_cache=True)
+            out = base(**prompt.model_inputs, past_key_values=self.cache, use_cache=True,
+                       **self._hidden_states_request())
         finally:
             handle.remove()
         hidden = out.last_hidden_state[0]  # [S, H]
+        self.layer_features = self._layer_features(out)  # [S, k * H] or None
         logits = self.lm_head(hidden[-1:]).float()[0]  # [V]
         input_embeds = self._captured.get("inputs_embeds")
         input_embeds = self.embed_tokens(prompt.input_ids) if input_embeds is None else input_embeds[0]  # [S, H]
@@ -211,6 +238,9 @@ class TargetAdapter:
         self._position_offset = self._offset_from_prefill_positions(len(prompt.input_ids))
         self._length, self._appended = len(prompt.input_ids), 0
         return PrefillOutput(logits, hidden, input_embeds, image_embeds, self._position_offset)
+
+    def _hidden_states_request(self) -> dict:
+        return {"output_hidden_states": True} if self.captured_layer_ids is not None else {}
 
     def _capture_decoder_inputs(self, module, args, kwargs):
         self._captured = {"inputs_embeds": kwargs.get("inputs_embeds"), "position_ids": kwargs.get("position_ids")}
@@ -247,9 +277,11 @@ class TargetAdapter:
             attention_mask = torch.zeros(1, 1, num_tokens, past + num_tokens, device=self.device, dtype=self.dtype)
             attention_mask[0, 0, :, past:].masked_fill_(~ancestor_mask, torch.finfo(self.dtype).min)
         out = self.decoder(input_ids=token_ids[None], position_ids=self.position_ids(past + depths),
-                           attention_mask=attention_mask, past_key_values=self.cache, use_cache=True)
+                           attention_mask=attention_mask, past_key_values=self.cache, use_cache=True,
+                           **self._hidden_states_request())
         self._length += num_tokens
         self._appended = num_tokens
+        self.layer_features = self._layer_features(out)  # [n, k * H] or None
         hidden = out.last_hidden_state[0]  # [n, H]
         return (self.lm_head(hidden).float() if logits else None), hidden
 
@@ -269,18 +301,23 @@ class TargetAdapter:
             visible[num_tokens:, past + num_tokens:] = torch.eye(pad, dtype=torch.bool, device=self.device)
             token_ids = torch.cat([token_ids, token_ids.new_zeros(pad)])
             depths = torch.cat([depths, depths.new_zeros(pad)])
-        logits, hidden = self._step(token_ids[None], self.position_ids(past + depths),
-                                    self.engine.mask(visible, self.dtype))
+        logits, hidden, *features = self._step(token_ids[None], self.position_ids(past + depths),
+                                               self.engine.mask(visible, self.dtype))
         self._length += padded
         self._appended = padded
+        self.layer_features = features[0][:num_tokens] if features else None
         return logits[:num_tokens], hidden[:num_tokens]
 
     def _decode_step(self, token_ids, position_ids, attention_mask):
-        """One decoder forward on the static cache: float32 logits [n, V] and hidden states [n, H]."""
+        """One decoder forward on the static cache: float32 logits [n, V] and hidden states [n, H]
+        (and the captured layer features [n, k * H] when capture_layers asked for them)."""
         out = self.decoder(input_ids=token_ids, position_ids=position_ids, attention_mask=attention_mask,
-                           past_key_values=self.cache, use_cache=True)
+                           past_key_values=self.cache, use_cache=True, **self._hidden_states_request())
         hidden = out.last_hidden_state[0]
-        return self.lm_head(hidden).float(), hidden
+        features = self._layer_features(out)
+        if features is None:
+            return self.lm_head(hidden).float(), hidden
+        return self.lm_head(hidden).float(), hidden, features
 
     @torch.no_grad()
     def teacher_forced_logits(self, prompt: PreparedPrompt, new_ids: list[int]) -> torch.Tensor:

@@ -31,6 +31,10 @@ class DraftTraining(ABC):
     def make_trainer(self, draft: torch.nn.Module, lm_head: torch.nn.Module) -> DraftTrainer:
         """The recipe for `draft`, against the target's frozen float32 `lm_head`."""
 
+    def prepare_teacher(self, adapter, draft) -> None:
+        """Before any teacher features are computed: ask the adapter for what the trainer reads
+        beyond the last hidden states (EAGLE-3: intermediate-layer features)."""
+
     def fit_to_data(self, draft, answer_rows, adapter) -> None:
         """Before training from scratch: fit the reduced draft vocabulary (option `vocab`, 0 = full)."""
         from vispec_bench.drafts.vocab import frequent_tokens, set_token_map
