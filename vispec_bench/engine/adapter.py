@@ -170,6 +170,10 @@ class TargetAdapter:
         """Static engines: room for `tokens` cache entries (prompt + token cap + verify block)."""
         self.engine.reserve(tokens)
 
+    def cache_config(self):
+        """The config the target's KV cache is laid out from (Gemma 3 keeps every layer's entries)."""
+        return self.text_config
+
     def commit(self, keep: list[int]) -> None:
         """Keep `keep` (ascending indices into the last forward's tokens), drop the rest.
 
@@ -193,7 +197,7 @@ class TargetAdapter:
     @torch.no_grad()
     def prefill(self, prompt: PreparedPrompt) -> PrefillOutput:
         self.engine.reserve(len(prompt.input_ids) + DEFAULT_VERIFY_SLACK)
-        self.cache = self.engine.new_cache(self.text_config)
+        self.cache = self.engine.new_cache(self.cache_config())
         self._captured = {}
         handle = self.decoder.register_forward_pre_hook(self._capture_decoder_inputs, with_kwargs=True)
         try:
@@ -317,4 +321,8 @@ def make_adapter(model, processor, engine: Engine | str = "eager") -> TargetAdap
         engine = Engine(engine, next(model.parameters()).device)
     if type(model).__name__.startswith("Qwen2_5_VL"):
         return Qwen25VLAdapter(model, processor, engine)
+    if type(model).__name__ == "Gemma3ForConditionalGeneration":
+        from vispec_bench.engine.gemma3 import Gemma3Adapter
+
+        return Gemma3Adapter(model, processor, engine)
     return TargetAdapter(model, processor, engine)
