@@ -16,6 +16,7 @@ from vispec_bench.engine.adapter import ImageTokenError, make_adapter
 from vispec_bench.engine.decode import decode
 from vispec_bench.engine.draft_tree import DraftTree
 from vispec_bench.engine.gemma3 import Gemma3Adapter
+from vispec_bench.models.loading import ModelLoadError, load_model
 from vispec_bench.models.tiny_gemma3 import SLIDING_WINDOW, build_tiny_gemma3
 from vispec_bench.plugins.method import SampleContext
 
@@ -192,3 +193,20 @@ def test_gemma3_draft_layer_is_gemma3s_own_full_attention_layer_with_the_global_
     for ours, theirs in zip(eagle2.rotary_emb(x, positions), target_rotary(x, positions, "full_attention")):
         torch.testing.assert_close(ours, theirs)
     assert not torch.allclose(eagle2.rotary_emb(x, positions)[0], target_rotary(x, positions, "sliding_attention")[0])
+
+
+@pytest.mark.slow
+def test_a_saved_gemma3_checkpoint_loads_by_path_and_a_missing_processor_is_a_clear_error(tmp_path):
+    loaded, adapter = tiny_by_name(MODEL)
+    loaded.model.save_pretrained(tmp_path)
+    loaded.processor.save_pretrained(tmp_path)
+    again = load_model(str(tmp_path), torch.float32, "cpu")
+    assert type(again.model).__name__ == "Gemma3ForConditionalGeneration"
+    reloaded = make_adapter(again.model, again.processor)
+    sample = easyvqa_samples()[0]
+    ids = decode(reloaded, reloaded.build_prompt(sample.messages, sample.images), None, 12, GREEDY).new_ids
+    assert ids == decode(adapter, adapter.build_prompt(sample.messages, sample.images), None, 12, GREEDY).new_ids
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / name).unlink()
+    with pytest.raises(ModelLoadError, match="its processor did not"):
+        load_model(str(tmp_path), torch.float32, "cpu")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from vispec_bench.engine.engines import DEFAULT_VERIFY_SLACK, Engine
+from vispec_bench.engine.engines import DEFAULT_VERIFY_SLACK, Engine, drop_last
 from vispec_bench.errors import InputError, UserError
 
 
@@ -189,7 +189,7 @@ class TargetAdapter:
                 layer.keys[..., past:past + num_keep, :] = layer.keys[..., index, :]
                 layer.values[..., past:past + num_keep, :] = layer.values[..., index, :]
         if num_appended > num_keep:
-            self.cache.crop(-(num_appended - num_keep))  # negative = tokens to drop (works on 5.17 and 5.23)
+            drop_last(self.cache, num_appended - num_keep)
         self._length = past + num_keep
         self._appended = 0
 

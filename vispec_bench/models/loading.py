@@ -17,6 +17,7 @@ SUPPORTED_MODEL_TYPES = {
     "llava": "LlavaForConditionalGeneration",
     "llava_next": "LlavaNextForConditionalGeneration",
     "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+    "gemma3": "Gemma3ForConditionalGeneration",  # e.g. google/gemma-3-4b-it (gated: accept its license first)
     "llama": "AutoModelForCausalLM",
     "qwen2": "AutoModelForCausalLM",
 }
@@ -126,8 +127,9 @@ def _load_pretrained(name: str, dtype: torch.dtype, device: str, source: str) ->
         config = transformers.AutoConfig.from_pretrained(name)
     except OSError as err:
         where = "this directory has no config.json" if source == "local" else \
-            "it is not in the local HF cache and the hub could not be reached (download it first: " \
-            f"`huggingface-cli download {name}`, or pass a local directory)"
+            "it is not in the local HF cache and the hub could not be reached, or it is a gated repository " \
+            "you have not been granted (Gemma: accept its license on the hub, then `huggingface-cli login`); " \
+            f"download it first (`huggingface-cli download {name}`) or pass a local directory"
         raise ModelLoadError(f"cannot load model {name!r}: {where}. Underlying error: {err}") from None
     class_name = SUPPORTED_MODEL_TYPES.get(config.model_type)
     if class_name is None:
@@ -135,8 +137,15 @@ def _load_pretrained(name: str, dtype: torch.dtype, device: str, source: str) ->
                              f"{', '.join(sorted(SUPPORTED_MODEL_TYPES))}")
     model_class = getattr(transformers, class_name)
     model = model_class.from_pretrained(name, dtype=dtype).to(device).eval()
-    if class_name == "AutoModelForCausalLM":
-        processor = transformers.AutoTokenizer.from_pretrained(name)
-    else:
-        processor = transformers.AutoProcessor.from_pretrained(name)
+    try:
+        if class_name == "AutoModelForCausalLM":
+            processor = transformers.AutoTokenizer.from_pretrained(name)
+        else:
+            processor = transformers.AutoProcessor.from_pretrained(name)
+    except (ImportError, OSError, AttributeError, ValueError) as err:
+        # e.g. a processor whose image or video backend needs a package this install lacks, a
+        # checkpoint saved without its processor files, or a tokenizer lacking the named special
+        # tokens its processor reads (Gemma 3's boi_token / image_token)
+        raise ModelLoadError(f"model {name!r} loaded, but its processor did not (transformers "
+                             f"{transformers.__version__}): {type(err).__name__}: {err}") from None
     return LoadedModel(model, processor, name, source)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from vispec_bench.models.tiny import TEXT_CONFIG, _finish, _text_config, build_tokenizer
+from vispec_bench.models.tiny import TEXT_CONFIG, _finish, _text_config, _trained_tokenizer_json
 
 GEMMA_TURN_TEMPLATE = (
     "{% for message in messages %}<start_of_turn>"
@@ -40,13 +40,18 @@ SLIDING_WINDOW = 24  # tokens a sliding layer sees (itself included); a one-imag
 
 
 def gemma3_tokenizer():
-    """The local BPE tokenizer with Gemma's turn and image tokens added, `<end_of_turn>` as EOS."""
-    tokenizer = build_tokenizer("<start_of_image>")
-    tokenizer.add_special_tokens({"additional_special_tokens": GEMMA_TURN_TOKENS + list(GEMMA_IMAGE_TOKENS.values())})
-    tokenizer.eos_token = "<end_of_turn>"
-    for name, token in GEMMA_IMAGE_TOKENS.items():  # as from_pretrained sets them from extra_special_tokens
-        setattr(tokenizer, name, token)
-        setattr(tokenizer, f"{name}_id", tokenizer.convert_tokens_to_ids(token))
+    """The local BPE tokenizer (vispec_bench.models.tiny) with Gemma's turn and image tokens
+    added after its vocabulary, `<end_of_turn>` as EOS. The image tokens are named special
+    tokens (tokenizer.boi_token, .image_token_id, ...), saved and reloaded with the tokenizer
+    as Gemma's own tokenizer_config.json declares them."""
+    from tokenizers import AddedToken, Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer.from_str(_trained_tokenizer_json())
+    backend.add_special_tokens([AddedToken(token, special=True)
+                                for token in GEMMA_TURN_TOKENS + list(GEMMA_IMAGE_TOKENS.values())])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<end_of_turn>", pad_token="<|endoftext|>",
+                                        extra_special_tokens=dict(GEMMA_IMAGE_TOKENS))
     tokenizer.chat_template = GEMMA_TURN_TEMPLATE
     return tokenizer
 
