@@ -67,20 +67,21 @@ def test_gemma3_prefill_gives_image_tokens_bidirectional_attention_and_scaled_em
     loaded, adapter = tiny_by_name(MODEL)
     sample = easyvqa_samples()[0]
     prompt = adapter.build_prompt(sample.messages, sample.images)
-    token_types = prompt.model_inputs["token_type_ids"][0]
-    assert torch.equal(token_types.bool(), prompt.input_ids == adapter.image_token_id)
     prefill = adapter.prefill(prompt)
+    # HF's reference: the processor's own output, token_type_ids (1 at image soft tokens) included.
+    text = loaded.processor.apply_chat_template(sample.messages, add_generation_prompt=True, tokenize=False)
+    inputs = dict(loaded.processor(images=sample.images, text=text, return_tensors="pt"))
+    assert torch.equal(inputs["token_type_ids"][0].bool(), prompt.input_ids == adapter.image_token_id)
     with torch.no_grad():
-        hf = loaded.model(**prompt.model_inputs).logits[0, -1]
-        causal_only = {k: v for k, v in prompt.model_inputs.items() if k != "token_type_ids"}
-        hf_causal = loaded.model(**causal_only).logits[0, -1]
+        hf = loaded.model(**inputs).logits[0, -1]
+        hf_causal = loaded.model(**{k: v for k, v in inputs.items() if k != "token_type_ids"}).logits[0, -1]
     torch.testing.assert_close(prefill.logits, hf.float())
     assert (hf - hf_causal).abs().max() > 1e-3  # the bidirectional image block changes the prediction
     # Text positions enter the decoder as embed * sqrt(hidden); adapter.embed_tokens (what drafts read) scales too.
-    text = prompt.input_ids != adapter.image_token_id
-    torch.testing.assert_close(prefill.input_embeds[text], adapter.embed_tokens(prompt.input_ids[text]))
-    unscaled = nn.functional.embedding(prompt.input_ids[text], adapter.embed_tokens.weight)
-    torch.testing.assert_close(prefill.input_embeds[text], unscaled * adapter.hidden_size ** 0.5)
+    is_text = prompt.input_ids != adapter.image_token_id
+    torch.testing.assert_close(prefill.input_embeds[is_text], adapter.embed_tokens(prompt.input_ids[is_text]))
+    unscaled = nn.functional.embedding(prompt.input_ids[is_text], adapter.embed_tokens.weight)
+    torch.testing.assert_close(prefill.input_embeds[is_text], unscaled * adapter.hidden_size ** 0.5)
 
 
 def _tree_with_the_true_path_last(true_ids: list[int], vocab_size: int) -> DraftTree:
