@@ -18,7 +18,9 @@ ENTRIES = [
     Entry("tiny-qwen25vl", "vispec_bench.models.tiny:build_tiny_qwen25vl",
           "random-init Qwen2_5_VLForConditionalGeneration (3-D mrope)"),
     Entry("tiny-gemma3", "vispec_bench.models.tiny_gemma3:build_tiny_gemma3",
-          "random-init Gemma3ForConditionalGeneration (SigLIP, bidirectional image attention, sliding-window layers)"),
+          "random-init Gemma3ForConditionalGeneration (SigLIP; bidirectional image attention; sliding window 24 < "
+          "the prompt): AR == HF generate, every lossless method exact (tests/test_family_gemma3.py, transformers "
+          "5.17 and 5.24)"),
     Entry("llava15-7b-shapes", "vispec_bench.models.shapes:build_llava15_7b_shapes",
           "random-init LLaVA-1.5-7B shapes (7.06 B parameters, 576 image tokens): engine/roofline on a GPU"),
 ]
