@@ -15,6 +15,7 @@ from conftest import GREEDY, decode_all, easyvqa_samples, mean_tau, prepared, ti
 from vispec_bench.engine.adapter import ImageTokenError, make_adapter
 from vispec_bench.engine.decode import decode
 from vispec_bench.engine.draft_tree import DraftTree
+from vispec_bench.engine.engines import Engine
 from vispec_bench.engine.gemma3 import Gemma3Adapter
 from vispec_bench.models.loading import ModelLoadError, load_model
 from vispec_bench.models.tiny_gemma3 import SLIDING_WINDOW, build_tiny_gemma3
@@ -60,6 +61,19 @@ def test_gemma3_static_engine_matches_hf_generate_and_stays_lossless():
     for name in ("ngram", "eagle2"):
         method = prepared(name, adapter, **({} if name == "ngram" else {"draft": "random"}))
         assert [r.new_ids for r in decode_all(adapter, method, samples, MAX_NEW)] == [r.new_ids for r in ar], name
+
+
+@pytest.mark.slow
+def test_gemma3_compiled_engine_equals_eager_for_ar_and_eagle2():
+    """The compiled engine (aot_eager: dynamo's tracing without codegen) traces the per-layer-type
+    masks and the full-layer static cache as the static engine runs them."""
+    loaded, eager = tiny_by_name(MODEL)
+    adapter = make_adapter(loaded.model, loaded.processor, Engine("compiled", "cpu", "aot_eager"))
+    samples = easyvqa_samples(limit=1)
+    reference = [r.new_ids for r in decode_all(eager, None, samples, 16)]
+    assert [r.new_ids for r in decode_all(adapter, None, samples, 16)] == reference
+    eagle2 = prepared("eagle2", adapter, draft="random")
+    assert [r.new_ids for r in decode_all(adapter, eagle2, samples, 16)] == reference
 
 
 @pytest.mark.slow
