@@ -32,6 +32,7 @@ from vispec_bench.drafts import tree_settings
 from vispec_bench.plugins.draft_training import DraftTraining
 from vispec_bench.plugins.method import DraftMethod, DraftOptions
 from vispec_bench.drafts.tree_settings import TreeSettings
+from vispec_bench.engine.engines import drop_last
 from vispec_bench.engine.proposer import Proposer, draft_kv_bytes
 from vispec_bench.engine.draft_tree import DraftTree
 from vispec_bench.drafts.dynamic_tree import DynamicTree
@@ -198,7 +199,7 @@ class Eagle2Proposer(Proposer):
         out = self.step(self.draft, features[None], token_embeds[None], positions[None],
                         self.engine.mask(visible, self.dtype), self.cache)[0]
         if pad:
-            self.cache.crop(-pad)
+            drop_last(self.cache, pad)
         self._appended(num)
         return out[:num]
 
@@ -239,7 +240,7 @@ class Eagle2Proposer(Proposer):
         finally:
             appended = self.cache_length - committed
             if appended:
-                self.cache.crop(-appended)
+                drop_last(self.cache, appended)
                 self.cache_length = committed
 
     def _grow_tree(self, root_feature, committed: int, levels: int) -> DraftTree:

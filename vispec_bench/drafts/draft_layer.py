@@ -3,6 +3,8 @@ like the target's, or, for a published draft, like its own config.json says."""
 
 from __future__ import annotations
 
+import functools
+
 from vispec_bench.errors import InputError
 
 # Draft layer families: the target's text model_type -> (module, config class, layer class, rotary class).
@@ -11,10 +13,12 @@ DRAFT_FAMILIES = {
     "qwen2": ("transformers.models.qwen2.modeling_qwen2", "Qwen2Config", "Qwen2DecoderLayer", "Qwen2RotaryEmbedding"),
     # Qwen3: no q/k/v biases, RMSNorm on each head's queries and keys (q_norm, k_norm)
     "qwen3": ("transformers.models.qwen3.modeling_qwen3", "Qwen3Config", "Qwen3DecoderLayer", "Qwen3RotaryEmbedding"),
+    "gemma3": ("transformers.models.gemma3.modeling_gemma3", "Gemma3TextConfig", "Gemma3DecoderLayer",
+               "Gemma3RotaryEmbedding"),
 }
 FAMILY_OF_MODEL_TYPE = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen2_vl_text": "qwen2",
                         "qwen2_vl": "qwen2", "qwen2_5_vl_text": "qwen2", "qwen2_5_vl": "qwen2",
-                        "qwen3": "qwen3", "qwen3_vl_text": "qwen3", "qwen3_vl": "qwen3"}
+                        "qwen3": "qwen3", "qwen3_vl_text": "qwen3", "qwen3_vl": "qwen3", "gemma3_text": "gemma3"}
 
 
 def _rope_parameters(text_config) -> dict:
@@ -60,6 +64,29 @@ class PublishedTextConfig:
         return getattr(self._target, name)
 
 
+def _gemma3_layer_options(text_config) -> dict:
+    """Gemma 3's layer beyond the shared shapes: its activation, attention scale and softcap, and
+    one full-attention layer (the draft sees its whole, short cache: no window) with the rope of
+    the target's global layers (theta 1e6, and their scaling if any, e.g. linear x8 on 4B+)."""
+    rope = dict(text_config.rope_parameters)
+    return dict(hidden_activation=text_config.hidden_activation, query_pre_attn_scalar=text_config.query_pre_attn_scalar,
+                attn_logit_softcapping=text_config.attn_logit_softcapping, layer_types=["full_attention"],
+                sliding_window=None, rope_parameters={"full_attention": dict(rope["full_attention"]),
+                                                      "sliding_attention": dict(rope["sliding_attention"])})
+
+
+@functools.lru_cache(maxsize=None)
+def _full_attention_rotary(rotary_class):
+    """Gemma 3's rotary embedding keeps one table per layer type and takes the type per call;
+    the draft's single layer is a full-attention one, so its rotary defaults to that type."""
+
+    class FullAttentionRotaryEmbedding(rotary_class):
+        def forward(self, x, position_ids, layer_type="full_attention"):
+            return super().forward(x, position_ids, layer_type)
+
+    return FullAttentionRotaryEmbedding
+
+
 def draft_layer_config(text_config, published: dict | None = None):
     """(config, layer class, rotary class) of the draft's decoder layer: the target's family and
     shapes, or, for a published draft, those of its own config.json."""
@@ -75,7 +102,7 @@ def draft_layer_config(text_config, published: dict | None = None):
     module_name, config_name, layer_name, rotary_name = DRAFT_FAMILIES[family]
     module = importlib.import_module(module_name)
     config_class = getattr(importlib.import_module(f"transformers.models.{family}.configuration_{family}"), config_name)
-    config = config_class(
+    options = dict(
         hidden_size=text_config.hidden_size, intermediate_size=text_config.intermediate_size,
         num_attention_heads=text_config.num_attention_heads,
         num_key_value_heads=getattr(text_config, "num_key_value_heads", None) or text_config.num_attention_heads,
@@ -84,5 +111,11 @@ def draft_layer_config(text_config, published: dict | None = None):
         max_position_embeddings=text_config.max_position_embeddings, vocab_size=text_config.vocab_size,
         num_hidden_layers=1, rope_parameters=_rope_parameters(text_config),
         attention_bias=getattr(text_config, "attention_bias", family == "qwen2"))
+    rotary_class = getattr(module, rotary_name)
+    if family == "gemma3":
+        del options["hidden_act"]  # Gemma's config calls it hidden_activation
+        options.update(_gemma3_layer_options(text_config))
+        rotary_class = _full_attention_rotary(rotary_class)
+    config = config_class(**options)
     config._attn_implementation = "sdpa"
-    return config, getattr(module, layer_name), getattr(module, rotary_name)
+    return config, getattr(module, layer_name), rotary_class

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from vispec_bench.engine.engines import DEFAULT_VERIFY_SLACK, Engine
+from vispec_bench.engine.engines import DEFAULT_VERIFY_SLACK, Engine, drop_last
 from vispec_bench.errors import InputError, UserError
 
 
@@ -195,6 +195,10 @@ class TargetAdapter:
         """Static engines: room for `tokens` cache entries (prompt + token cap + verify block)."""
         self.engine.reserve(tokens)
 
+    def cache_config(self):
+        """The config the target's KV cache is laid out from (Gemma 3 keeps every layer's entries)."""
+        return self.text_config
+
     def commit(self, keep: list[int]) -> None:
         """Keep `keep` (ascending indices into the last forward's tokens), drop the rest.
 
@@ -210,7 +214,7 @@ class TargetAdapter:
                 layer.keys[..., past:past + num_keep, :] = layer.keys[..., index, :]
                 layer.values[..., past:past + num_keep, :] = layer.values[..., index, :]
         if num_appended > num_keep:
-            self.cache.crop(-(num_appended - num_keep))  # negative = tokens to drop (works on 5.17 and 5.23)
+            drop_last(self.cache, num_appended - num_keep)
         self._length = past + num_keep
         self._appended = 0
 
@@ -218,7 +222,7 @@ class TargetAdapter:
     @torch.no_grad()
     def prefill(self, prompt: PreparedPrompt) -> PrefillOutput:
         self.engine.reserve(len(prompt.input_ids) + DEFAULT_VERIFY_SLACK)
-        self.cache = self.engine.new_cache(self.text_config)
+        self.cache = self.engine.new_cache(self.cache_config())
         self._captured = {}
         handle = self.decoder.register_forward_pre_hook(self._capture_decoder_inputs, with_kwargs=True)
         try:
@@ -364,4 +368,8 @@ def make_adapter(model, processor, engine: Engine | str = "eager") -> TargetAdap
         engine = Engine(engine, next(model.parameters()).device)
     if getattr(model.config, "model_type", None) in MROPE_MODEL_TYPES:
         return MRopeAdapter(model, processor, engine)
+    if type(model).__name__ == "Gemma3ForConditionalGeneration":
+        from vispec_bench.engine.gemma3 import Gemma3Adapter
+
+        return Gemma3Adapter(model, processor, engine)
     return TargetAdapter(model, processor, engine)

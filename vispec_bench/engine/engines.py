@@ -164,6 +164,23 @@ def empty(cache) -> None:
             layer.cumulative_length = 0
 
 
+def drop_last(cache, num_entries: int) -> None:
+    """Drop a cache's last `num_entries` entries. transformers 5.17's StaticLayer has no `crop`
+    (later versions add one): a static layer's length is only its cumulative_length counter,
+    moved back here; the stale slots beyond it are masked until overwritten."""
+    if all(hasattr(layer, "crop") for layer in cache.layers):
+        cache.crop(-num_entries)  # negative = entries to drop (works on 5.17 and 5.2x)
+        return
+    for layer in cache.layers:
+        length = getattr(layer, "cumulative_length", None)
+        if isinstance(length, torch.Tensor):
+            length.sub_(num_entries)
+        elif length is not None:
+            layer.cumulative_length = length - num_entries
+        else:
+            layer.crop(-num_entries)
+
+
 @contextmanager
 def count_compiles(result: dict):
     """Counts graphs compiled inside the block into result["compiles"]."""

@@ -21,6 +21,10 @@ ENTRIES = [
           "random-init Qwen2VLForConditionalGeneration (3-D mrope, contiguous sections)"),
     Entry("tiny-qwen3vl", "vispec_bench.models.tiny_qwen:build_tiny_qwen3vl",
           "random-init Qwen3VLForConditionalGeneration (interleaved 3-D mrope, deepstack visual features)"),
+    Entry("tiny-gemma3", "vispec_bench.models.tiny_gemma3:build_tiny_gemma3",
+          "random-init Gemma3ForConditionalGeneration (SigLIP; bidirectional image attention; sliding window 24 < "
+          "the prompt): AR == HF generate, every lossless method exact (tests/test_family_gemma3.py, transformers "
+          "5.17 and 5.24)"),
     Entry("llava15-7b-shapes", "vispec_bench.models.shapes:build_llava15_7b_shapes",
           "random-init LLaVA-1.5-7B shapes (7.06 B parameters, 576 image tokens): engine/roofline on a GPU"),
 ]

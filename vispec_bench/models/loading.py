@@ -19,6 +19,7 @@ SUPPORTED_MODEL_TYPES = {
     "qwen2_vl": "Qwen2VLForConditionalGeneration",
     "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
     "qwen3_vl": "Qwen3VLForConditionalGeneration",
+    "gemma3": "Gemma3ForConditionalGeneration",  # e.g. google/gemma-3-4b-it (gated: accept its license first)
     "llama": "AutoModelForCausalLM",
     "qwen2": "AutoModelForCausalLM",
 }
@@ -128,8 +129,9 @@ def _load_pretrained(name: str, dtype: torch.dtype, device: str, source: str) ->
         config = transformers.AutoConfig.from_pretrained(name)
     except OSError as err:
         where = "this directory has no config.json" if source == "local" else \
-            "it is not in the local HF cache and the hub could not be reached (download it first: " \
-            f"`huggingface-cli download {name}`, or pass a local directory)"
+            "it is not in the local HF cache and the hub could not be reached, or it is a gated repository " \
+            "you have not been granted (Gemma: accept its license on the hub, then `huggingface-cli login`); " \
+            f"download it first (`huggingface-cli download {name}`) or pass a local directory"
         raise ModelLoadError(f"cannot load model {name!r}: {where}. Underlying error: {err}") from None
     class_name = SUPPORTED_MODEL_TYPES.get(config.model_type)
     if class_name is None:
@@ -157,6 +159,11 @@ def _load_vlm_processor(name: str, transformers):
                 else "install the package it names")
         raise ModelLoadError(f"cannot load the processor of model {name!r}: transformers needs a package that is "
                              f"missing here ({message}); {hint}") from None
+    except (OSError, AttributeError, ValueError) as err:
+        # e.g. a checkpoint saved without its processor files, or a tokenizer lacking the named
+        # special tokens its processor reads (Gemma 3's boi_token / image_token)
+        raise ModelLoadError(f"model {name!r}: its processor did not load (transformers {transformers.__version__}): "
+                             f"{type(err).__name__}: {err}") from None
     if getattr(processor, "image_processor", None) is None:
         raise ModelLoadError(f"AutoProcessor gave a {type(processor).__name__} without an image processor for the "
                              f"VLM {name!r}: its processor_config.json / tokenizer_config.json name no processor "
