@@ -17,6 +17,12 @@ ENTRIES = [
           "random-init LlavaNextForConditionalGeneration (any-resolution tiling)"),
     Entry("tiny-qwen25vl", "vispec_bench.models.tiny:build_tiny_qwen25vl",
           "random-init Qwen2_5_VLForConditionalGeneration (3-D mrope)"),
+    Entry("tiny-smolvlm", "vispec_bench.models.tiny_smolvlm_onevision:build_tiny_smolvlm",
+          "random-init SmolVLMForConditionalGeneration (image splitting into tiles + global view, pixel shuffle)"),
+    Entry("tiny-idefics3", "vispec_bench.models.tiny_smolvlm_onevision:build_tiny_idefics3",
+          "random-init Idefics3ForConditionalGeneration (SmolVLM v1's class; tiny-smolvlm's shapes)"),
+    Entry("tiny-llava-onevision", "vispec_bench.models.tiny_smolvlm_onevision:build_tiny_llava_onevision",
+          "random-init LlavaOnevisionForConditionalGeneration (SigLIP + Qwen2, anyres_max_9 tiling)"),
     Entry("llava15-7b-shapes", "vispec_bench.models.shapes:build_llava15_7b_shapes",
           "random-init LLaVA-1.5-7B shapes (7.06 B parameters, 576 image tokens): engine/roofline on a GPU"),
 ]

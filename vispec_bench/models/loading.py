@@ -17,6 +17,9 @@ SUPPORTED_MODEL_TYPES = {
     "llava": "LlavaForConditionalGeneration",
     "llava_next": "LlavaNextForConditionalGeneration",
     "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+    "idefics3": "Idefics3ForConditionalGeneration",  # SmolVLM v1, e.g. HuggingFaceTB/SmolVLM-256M-Instruct
+    "smolvlm": "SmolVLMForConditionalGeneration",  # SmolVLM2, e.g. HuggingFaceTB/SmolVLM2-2.2B-Instruct
+    "llava_onevision": "LlavaOnevisionForConditionalGeneration",  # e.g. llava-hf/llava-onevision-qwen2-7b-ov-hf
     "llama": "AutoModelForCausalLM",
     "qwen2": "AutoModelForCausalLM",
 }
@@ -138,5 +141,20 @@ def _load_pretrained(name: str, dtype: torch.dtype, device: str, source: str) ->
     if class_name == "AutoModelForCausalLM":
         processor = transformers.AutoTokenizer.from_pretrained(name)
     else:
-        processor = transformers.AutoProcessor.from_pretrained(name)
+        processor = _auto_processor(name, class_name)
     return LoadedModel(model, processor, name, source)
+
+
+def _auto_processor(name: str, class_name: str):
+    """HF's processor of a checkpoint; a clear error when it needs a package this environment lacks
+    (e.g. SmolVLM's and LLaVA-OneVision's video processors need torchvision, SmolVLM's num2words)."""
+    import transformers
+
+    try:
+        return transformers.AutoProcessor.from_pretrained(name)
+    except ImportError as err:
+        missing = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise ModelLoadError(
+            f"cannot load the processor of model {name!r} ({class_name}): HF's processor for it imports a package "
+            f"this environment lacks: {missing} Install that package (torchvision must match the installed torch "
+            f"{torch.__version__}); the benchmark itself feeds images only.") from err
