@@ -16,7 +16,9 @@ SmolVLM's and LLaVA-OneVision's HF processors carry a video processor, which nee
 CPU-only machine here cannot install it beside the local torch wheel), and SmolVLM's needs
 num2words for its video prompts; the benchmark feeds images only, so the tiny builders use
 image-only subclasses of HF's processors (as tiny._image_only_qwen25vl_processor_class does).
-Idefics3's processor has no video part and is used as it is.
+Idefics3's processor has no video part and is used as it is. The PIL image processors are
+imported from their modules: transformers 5.17's top-level SmolVLM / Idefics3 `...Pil` names are
+placeholders that demand torchvision.
 """
 
 from __future__ import annotations
@@ -79,10 +81,8 @@ def _image_only_smolvlm_processor_class():
 
 
 def _smolvlm_image_processor():
-    try:
-        from transformers import SmolVLMImageProcessorPil as ImageProcessor
-    except ImportError:  # transformers versions whose PIL processor is the plain name
-        from transformers import SmolVLMImageProcessor as ImageProcessor
+    from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil as ImageProcessor
+
     return ImageProcessor(size={"longest_edge": SPLIT_IMAGE_SIZE},
                           max_image_size={"longest_edge": SMOLVLM_VISION["image_size"]})
 
@@ -93,7 +93,8 @@ def _build_split_image_model(config_name: str, model_name: str, processor, dtype
     tokenizer = processor.tokenizer
     config = getattr(transformers, config_name)(
         vision_config=SMOLVLM_VISION, text_config=dict(_text_config(tokenizer), model_type="llama"),
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"), scale_factor=SCALE_FACTOR)
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"), scale_factor=SCALE_FACTOR,
+        pad_token_id=tokenizer.pad_token_id)  # the top-level default (128002) is outside this vocabulary
     torch.manual_seed(seed)
     return _finish(getattr(transformers, model_name)(config), seed, dtype, device), processor
 
@@ -110,10 +111,7 @@ def build_tiny_idefics3(dtype=torch.float32, device="cpu", seed: int = 0):
     """Idefics3 (SmolVLM v1's class): the same shapes and tokens as tiny-smolvlm, HF's own processor."""
     from transformers import Idefics3Processor
 
-    try:
-        from transformers import Idefics3ImageProcessorPil as ImageProcessor
-    except ImportError:
-        from transformers import Idefics3ImageProcessor as ImageProcessor
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil as ImageProcessor
     tokenizer = _tokenizer_with(_idefics3_tokens())
     image_processor = ImageProcessor(size={"longest_edge": SPLIT_IMAGE_SIZE},
                                      max_image_size={"longest_edge": SMOLVLM_VISION["image_size"]})
@@ -149,10 +147,8 @@ def _image_only_llava_onevision_processor_class():
 def build_tiny_llava_onevision(dtype=torch.float32, device="cpu", seed: int = 0):
     from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
 
-    try:
-        from transformers import LlavaOnevisionImageProcessorPil as ImageProcessor
-    except ImportError:
-        from transformers import LlavaOnevisionImageProcessor as ImageProcessor
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+        LlavaOnevisionImageProcessorPil as ImageProcessor)
     tokenizer = _tokenizer_with(["<video>"])
     crop = SIGLIP_VISION["image_size"]
     image_processor = ImageProcessor(size={"height": crop, "width": crop}, image_grid_pinpoints=ONEVISION_PINPOINTS)
