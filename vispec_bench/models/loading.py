@@ -137,24 +137,29 @@ def _load_pretrained(name: str, dtype: torch.dtype, device: str, source: str) ->
         raise ModelLoadError(f"model {name!r} has model_type {config.model_type!r}; supported: "
                              f"{', '.join(sorted(SUPPORTED_MODEL_TYPES))}")
     model_class = getattr(transformers, class_name)
-    model = model_class.from_pretrained(name, dtype=dtype).to(device).eval()
     if class_name == "AutoModelForCausalLM":
         processor = transformers.AutoTokenizer.from_pretrained(name)
-    else:
+    else:  # before the weights: a processor that cannot load fails in seconds
         processor = _auto_processor(name, class_name)
+    model = model_class.from_pretrained(name, dtype=dtype).to(device).eval()
     return LoadedModel(model, processor, name, source)
 
 
 def _auto_processor(name: str, class_name: str):
     """HF's processor of a checkpoint; a clear error when it needs a package this environment lacks
-    (e.g. SmolVLM's and LLaVA-OneVision's video processors need torchvision, SmolVLM's num2words)."""
+    (e.g. SmolVLM's and LLaVA-OneVision's video processors need torchvision, SmolVLM's num2words;
+    on transformers 5.17, Idefics3's and SmolVLM's image processors need torchvision too)."""
     import transformers
 
     try:
         return transformers.AutoProcessor.from_pretrained(name)
-    except ImportError as err:
-        missing = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+    except (ImportError, ValueError) as err:
+        # transformers 5.17 raises ValueError when no backend of the image processor imports
+        # (its SmolVLM / Idefics3 PIL processors are placeholders that demand torchvision).
+        if isinstance(err, ValueError) and "Missing optional dependencies" not in str(err):
+            raise
+        first_sentence = " ".join(str(err).split()).split(". ")[0] or type(err).__name__
         raise ModelLoadError(
-            f"cannot load the processor of model {name!r} ({class_name}): HF's processor for it imports a package "
-            f"this environment lacks: {missing} Install that package (torchvision must match the installed torch "
-            f"{torch.__version__}); the benchmark itself feeds images only.") from err
+            f"cannot load the processor of model {name!r} ({class_name}): HF's processor for it needs a package "
+            f"this environment lacks ({first_sentence}). Install it (torchvision must be the build matching the "
+            f"installed torch {torch.__version__}).") from err
