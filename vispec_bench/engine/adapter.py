@@ -23,6 +23,11 @@ from vispec_bench.engine.engines import DEFAULT_VERIFY_SLACK, Engine, drop_last
 from vispec_bench.errors import InputError, UserError
 
 
+LANGUAGE_MODEL_ATTRIBUTES = ("language_model", "text_model")
+# VLMs whose processor splits an image into sub-images, each its own run of image tokens.
+SPLIT_IMAGE_CLASSES = ("Idefics3ForConditionalGeneration", "SmolVLMForConditionalGeneration")
+
+
 class ImageTokenError(UserError, ValueError):
     """A prompt's images have no placeholder tokens, or processor and model disagree on the id."""
 
@@ -32,7 +37,10 @@ class PreparedPrompt:
     model_inputs: dict  # processor output, on the model's device
     input_ids: torch.Tensor  # [S]
     num_images: int
-    image_spans: list[tuple[int, int]] = field(default_factory=list)  # [start, end) of each image's tokens
+    # [start, end) of each run of image tokens, in prompt order: one per image, or, where the
+    # processor splits an image into sub-images (Idefics3 / SmolVLM), one per sub-image (its
+    # tiles, then its global view); methods that compress an image (ViSpec, SpecVLM) do so per run.
+    image_spans: list[tuple[int, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -69,8 +77,10 @@ class TargetAdapter:
         self.config = model.config
         self.text_config = getattr(model.config, "text_config", model.config)
         base = model.model
-        self.is_vlm = hasattr(base, "language_model")
-        self.decoder = base.language_model if self.is_vlm else base
+        # The VLM's language model: `language_model` in most HF VLMs, `text_model` in Idefics3 / SmolVLM.
+        language_model = next((getattr(base, name) for name in LANGUAGE_MODEL_ATTRIBUTES if hasattr(base, name)), None)
+        self.is_vlm = language_model is not None
+        self.decoder = language_model if self.is_vlm else base
         self.lm_head = model.get_output_embeddings()
         self.embed_tokens = model.get_input_embeddings()
         self.device = next(model.parameters()).device
@@ -372,4 +382,8 @@ def make_adapter(model, processor, engine: Engine | str = "eager") -> TargetAdap
         from vispec_bench.engine.gemma3 import Gemma3Adapter
 
         return Gemma3Adapter(model, processor, engine)
+    if type(model).__name__ in SPLIT_IMAGE_CLASSES:
+        from vispec_bench.engine.split_image_adapter import SplitImageAdapter
+
+        return SplitImageAdapter(model, processor, engine)
     return TargetAdapter(model, processor, engine)

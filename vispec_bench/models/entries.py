@@ -25,6 +25,12 @@ ENTRIES = [
           "random-init Gemma3ForConditionalGeneration (SigLIP; bidirectional image attention; sliding window 24 < "
           "the prompt): AR == HF generate, every lossless method exact (tests/test_family_gemma3.py, transformers "
           "5.17 and 5.24)"),
+    Entry("tiny-smolvlm", "vispec_bench.models.tiny_smolvlm_onevision:build_tiny_smolvlm",
+          "random-init SmolVLMForConditionalGeneration (image splitting into tiles + global view, pixel shuffle)"),
+    Entry("tiny-idefics3", "vispec_bench.models.tiny_smolvlm_onevision:build_tiny_idefics3",
+          "random-init Idefics3ForConditionalGeneration (SmolVLM v1's class; tiny-smolvlm's shapes)"),
+    Entry("tiny-llava-onevision", "vispec_bench.models.tiny_smolvlm_onevision:build_tiny_llava_onevision",
+          "random-init LlavaOnevisionForConditionalGeneration (SigLIP + Qwen2, anyres_max_9 tiling)"),
     Entry("llava15-7b-shapes", "vispec_bench.models.shapes:build_llava15_7b_shapes",
           "random-init LLaVA-1.5-7B shapes (7.06 B parameters, 576 image tokens): engine/roofline on a GPU"),
 ]

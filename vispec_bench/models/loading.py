@@ -20,6 +20,9 @@ SUPPORTED_MODEL_TYPES = {
     "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
     "qwen3_vl": "Qwen3VLForConditionalGeneration",
     "gemma3": "Gemma3ForConditionalGeneration",  # e.g. google/gemma-3-4b-it (gated: accept its license first)
+    "idefics3": "Idefics3ForConditionalGeneration",  # SmolVLM v1, e.g. HuggingFaceTB/SmolVLM-256M-Instruct
+    "smolvlm": "SmolVLMForConditionalGeneration",  # SmolVLM2, e.g. HuggingFaceTB/SmolVLM2-2.2B-Instruct
+    "llava_onevision": "LlavaOnevisionForConditionalGeneration",  # e.g. llava-hf/llava-onevision-qwen2-7b-ov-hf
     "llama": "AutoModelForCausalLM",
     "qwen2": "AutoModelForCausalLM",
 }
@@ -138,32 +141,34 @@ def _load_pretrained(name: str, dtype: torch.dtype, device: str, source: str) ->
         raise ModelLoadError(f"model {name!r} has model_type {config.model_type!r}; supported: "
                              f"{', '.join(sorted(SUPPORTED_MODEL_TYPES))}")
     model_class = getattr(transformers, class_name)
-    model = model_class.from_pretrained(name, dtype=dtype).to(device).eval()
     if class_name == "AutoModelForCausalLM":
         processor = transformers.AutoTokenizer.from_pretrained(name)
-    else:
+    else:  # before the weights: a processor that cannot load fails in seconds
         processor = _load_vlm_processor(name, transformers)
+    model = model_class.from_pretrained(name, dtype=dtype).to(device).eval()
     return LoadedModel(model, processor, name, source)
 
 
 def _load_vlm_processor(name: str, transformers):
-    """HF's own processor of a VLM checkpoint; a missing optional package (the Qwen-VL processors
-    load a video processor, which needs torchvision) or a processor without an image processor is
-    a ModelLoadError that says what to do."""
+    """HF's own processor of a VLM checkpoint. A missing optional package (the Qwen-VL, SmolVLM and
+    LLaVA-OneVision processors load a video processor, which needs torchvision; SmolVLM's needs
+    num2words; on transformers 5.17 Idefics3's and SmolVLM's image processors need torchvision too),
+    or a processor without an image processor, is a ModelLoadError that says what to do."""
     try:
         processor = transformers.AutoProcessor.from_pretrained(name)
-    except ImportError as err:
+    except (ImportError, OSError, AttributeError, ValueError) as err:
         message = " ".join(str(err).split())
-        hint = (f"install torchvision (the build matching torch {torch.__version__}: "
-                "https://pytorch.org/get-started/locally/)" if "torchvision" in message.lower()
-                else "install the package it names")
-        raise ModelLoadError(f"cannot load the processor of model {name!r}: transformers needs a package that is "
-                             f"missing here ({message}); {hint}") from None
-    except (OSError, AttributeError, ValueError) as err:
+        # transformers 5.17 raises ValueError("Missing optional dependencies ...") where later ones raise ImportError
+        if isinstance(err, ImportError) or "Missing optional dependencies" in message:
+            hint = (f"install torchvision (the build matching the installed torch {torch.__version__}: "
+                    "https://pytorch.org/get-started/locally/)" if "torchvision" in message.lower()
+                    else "install the package it names")
+            raise ModelLoadError(f"cannot load the processor of model {name!r}: HF's processor needs a package this "
+                                 f"environment lacks ({message}); {hint}") from None
         # e.g. a checkpoint saved without its processor files, or a tokenizer lacking the named
         # special tokens its processor reads (Gemma 3's boi_token / image_token)
         raise ModelLoadError(f"model {name!r}: its processor did not load (transformers {transformers.__version__}): "
-                             f"{type(err).__name__}: {err}") from None
+                             f"{type(err).__name__}: {message}") from None
     if getattr(processor, "image_processor", None) is None:
         raise ModelLoadError(f"AutoProcessor gave a {type(processor).__name__} without an image processor for the "
                              f"VLM {name!r}: its processor_config.json / tokenizer_config.json name no processor "
