@@ -104,16 +104,7 @@ def test_lossless_method_reproduces_ar_with_one_and_two_images(model, method):
             assert max(result.accepted_lengths) == 5  # it proposed and was accepted: the tree path ran
 
 
-def _static_layers_crop() -> bool:
-    from transformers.cache_utils import StaticLayer
-
-    return hasattr(StaticLayer, "crop")
-
-
 @pytest.mark.slow
-@pytest.mark.xfail(not _static_layers_crop(), raises=AttributeError, strict=True,
-                   reason="the static engine's commit crops a StaticCache, whose layers have no crop in this "
-                          "transformers (5.17): an engine bug for every family (tests/test_engines.py fails the same)")
 @pytest.mark.parametrize("model", QWEN_MODELS)
 def test_static_engine_equals_eager_and_hf_generate(model):
     from test_engines import _check_engine_equals_eager
