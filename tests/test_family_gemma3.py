@@ -169,7 +169,7 @@ def test_gemma3_two_image_prompt_matches_generate_and_eagle2_is_lossless():
     assert decode(adapter, prompt, method.make_proposer(adapter, None), 30, GREEDY).new_ids == ar
 
 
-LOSSLESS = ["oracle", "ngram", "eagle2", "eaglevlm", "vispec", "specvlm", "medusa", "medusa-dynamic"]
+LOSSLESS = ["oracle", "ngram", "eagle2", "eaglevlm", "vispec", "specvlm", "medusa", "medusa-dynamic", "eagle3"]
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ from vispec_bench.models.loading import SUPPORTED_MODEL_TYPES, ModelLoadError, l
 from vispec_bench.plugins.method import SampleContext
 
 QWEN_MODELS = ["tiny-qwen2vl", "tiny-qwen3vl"]
-LOSSLESS_METHODS = ["oracle", "ngram", "eagle2", "eaglevlm", "vispec", "specvlm", "medusa", "medusa-dynamic"]
+LOSSLESS_METHODS = ["oracle", "ngram", "eagle2", "eaglevlm", "vispec", "specvlm", "medusa", "medusa-dynamic", "eagle3"]
 TEXT_ONLY = [{"role": "user", "content": [{"type": "text", "text": "what shape is red?"}]}]
 
 

@@ -21,7 +21,7 @@ SEEDS = {"tiny-smolvlm": 0, "tiny-idefics3": 0, "tiny-llava-onevision": 1}
 QUICK = ["tiny-smolvlm", "tiny-llava-onevision"]
 ALL = [*QUICK, pytest.param("tiny-idefics3", marks=pytest.mark.slow)]
 DRAFT_METHODS = ["eagle2", "eaglevlm", "vispec", "vispec-noadaptor", "specvlm", "specvlm-resampler", "medusa",
-                 "medusa-dynamic"]
+                 "medusa-dynamic", "eagle3"]
 
 
 @functools.lru_cache(maxsize=None)
