@@ -71,3 +71,20 @@ def test_run_ablations_adds_every_registered_ablation_of_the_runs_methods(monkey
         "oracle", "vispec", "oracle-deep", "vispec-noadaptor", "vispec-noglobal"]
     assert methods_run("--methods", "eagle2", "--ablations") == ["eagle2"]
     assert methods_run("--methods", "oracle,vispec") == ["oracle", "vispec"]
+
+
+def test_every_family_names_a_registered_tiny_model_of_its_class(capsys):
+    """`list --models` lists each loadable family with the tiny model that tests it; that model is
+    registered and is of the family's HF class (a family row pointing at the wrong model is red)."""
+    from vispec_bench.cli import main
+    from vispec_bench.models.families import FAMILIES
+    from vispec_bench.models.loading import SUPPORTED_MODEL_TYPES
+    from vispec_bench.plugins.registry import MODELS
+
+    assert SUPPORTED_MODEL_TYPES == {family.model_type: family.hf_class for family in FAMILIES}
+    main(["list", "--models"])
+    out = capsys.readouterr().out
+    for family in FAMILIES:
+        assert f"  {family.model_type} " in out
+        if family.tiny:
+            assert family.hf_class in MODELS.get(family.tiny).summary, (family.model_type, family.tiny)

@@ -39,15 +39,29 @@ def cmd_list(args) -> int:
     problems = []
     for title, registry in chosen:
         print(f"{title}:")
-        for entry in registry.entries():
+        entries = registry.entries()
+        width = max([18, *(len(entry.name) for entry in entries)])
+        for entry in entries:
             source = "" if entry.source == "builtin" else f"  [{entry.source}]"
             broken = "" if entry.error is None else "  [BROKEN]"
-            print(f"  {entry.name:<18} {entry.summary}{source}{broken}")
+            print(f"  {entry.name:<{width}} {entry.summary}{source}{broken}")
         problems += registry.check() if args.check else registry.problems
+        if registry is MODELS:
+            print_families()
     if problems:
         print("problems:")
         print("\n".join(f"  {problem}" for problem in problems))
     return 1 if args.check and problems else 0
+
+
+def print_families() -> None:
+    from vispec_bench.models.families import FAMILIES
+
+    print("families (a checkpoint directory or hub id loads by its config.json model_type):")
+    width = max(len(family.model_type) for family in FAMILIES)
+    for family in FAMILIES:
+        tiny = f"tested on {family.tiny}: " if family.tiny else ""
+        print(f"  {family.model_type:<{width}} {family.hf_class}, e.g. {family.example}; {tiny}{family.tests}")
 
 
 EXTRA_SCORE_LABELS = {"names_shape_or_color": "names_shape/color"}

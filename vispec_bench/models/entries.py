@@ -22,9 +22,7 @@ ENTRIES = [
     Entry("tiny-qwen3vl", "vispec_bench.models.tiny_qwen:build_tiny_qwen3vl",
           "random-init Qwen3VLForConditionalGeneration (interleaved 3-D mrope, deepstack visual features)"),
     Entry("tiny-gemma3", "vispec_bench.models.tiny_gemma3:build_tiny_gemma3",
-          "random-init Gemma3ForConditionalGeneration (SigLIP; bidirectional image attention; sliding window 24 < "
-          "the prompt): AR == HF generate, every lossless method exact (tests/test_family_gemma3.py, transformers "
-          "5.17 and 5.24)"),
+          "random-init Gemma3ForConditionalGeneration (SigLIP; bidirectional image attention; sliding window 24 < prompt)"),
     Entry("tiny-smolvlm", "vispec_bench.models.tiny_smolvlm_onevision:build_tiny_smolvlm",
           "random-init SmolVLMForConditionalGeneration (image splitting into tiles + global view, pixel shuffle)"),
     Entry("tiny-idefics3", "vispec_bench.models.tiny_smolvlm_onevision:build_tiny_idefics3",

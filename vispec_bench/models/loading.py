@@ -10,22 +10,12 @@ from pathlib import Path
 import torch
 
 from vispec_bench.errors import InputError, UserError
+from vispec_bench.models.families import FAMILIES
 from vispec_bench.plugins.registry import MODELS, RegistryError
 
-# model_type in config.json -> the HF class that runs it. Text-only families are for sanity runs.
-SUPPORTED_MODEL_TYPES = {
-    "llava": "LlavaForConditionalGeneration",
-    "llava_next": "LlavaNextForConditionalGeneration",
-    "qwen2_vl": "Qwen2VLForConditionalGeneration",
-    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
-    "qwen3_vl": "Qwen3VLForConditionalGeneration",
-    "gemma3": "Gemma3ForConditionalGeneration",  # e.g. google/gemma-3-4b-it (gated: accept its license first)
-    "idefics3": "Idefics3ForConditionalGeneration",  # SmolVLM v1, e.g. HuggingFaceTB/SmolVLM-256M-Instruct
-    "smolvlm": "SmolVLMForConditionalGeneration",  # SmolVLM2, e.g. HuggingFaceTB/SmolVLM2-2.2B-Instruct
-    "llava_onevision": "LlavaOnevisionForConditionalGeneration",  # e.g. llava-hf/llava-onevision-qwen2-7b-ov-hf
-    "llama": "AutoModelForCausalLM",
-    "qwen2": "AutoModelForCausalLM",
-}
+# model_type in config.json -> the HF class that runs it (vispec_bench.models.families says how each is
+# tested). Text-only families are for sanity runs.
+SUPPORTED_MODEL_TYPES = {family.model_type: family.hf_class for family in FAMILIES}
 
 
 class ModelLoadError(UserError, RuntimeError):
