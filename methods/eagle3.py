@@ -182,6 +182,7 @@ class Eagle3Proposer(Eagle2Proposer):
     def __init__(self, draft: Eagle3Draft, adapter, options, draft_head, tree, step=None):
         super().__init__(draft, adapter, options, draft_head, tree, step)
         self.adapter = adapter
+        self.target_layers = draft.layer_ids  # the decode loop has the adapter capture their inputs
         self.token_map = draft.target_ids()  # draft id -> target id, for to_vocab in _top
         self.norm = draft.norm
 

@@ -241,3 +241,35 @@ def test_eagle3_trained_draft_reproduces_ar_and_beats_the_untrained_one(model, r
     prompt = adapter.build_prompt(two_image_messages(), [s.images[0] for s in samples[:2]])
     result = decode(adapter, prompt, method.make_proposer(adapter, None), 30, GREEDY)
     assert result.new_ids == decode(adapter, prompt, None, 30, GREEDY).new_ids
+
+
+def test_only_eagle3_decodes_capture_layer_features():
+    """The decode loop asks the adapter for the proposer's layers and for none otherwise: an AR
+    decode after EAGLE-3's prepare() runs plain target forwards (no capture in the baseline's timed
+    region), an EAGLE-3 decode captures without prepare() having asked, and the adapter's own
+    setting is back afterwards."""
+    from vispec_bench.engine import adapter as adapter_module
+
+    _, adapter = tiny_by_name("tiny-llava")
+    sample = easyvqa_samples(limit=1)[0]
+    prompt = adapter.build_prompt(sample.messages, sample.images)
+    eagle3 = prepared("eagle3", adapter, draft="random")  # prepare() asks for its layers
+    captured_during = []
+    original = adapter_module.TargetAdapter.forward
+
+    def spy(self, *args, **kwargs):
+        captured_during.append(self.captured_layer_ids)
+        return original(self, *args, **kwargs)
+
+    adapter_module.TargetAdapter.forward = spy
+    try:
+        ar = decode(adapter, prompt, None, 8, GREEDY)
+        assert set(captured_during) == {None}
+        assert adapter.captured_layer_ids == eagle3.draft.layer_ids  # restored
+        adapter.capture_layers(None)
+        captured_during.clear()
+        result = decode(adapter, prompt, eagle3.make_proposer(adapter, None), 8, GREEDY)
+        assert set(captured_during) == {eagle3.draft.layer_ids} and adapter.captured_layer_ids is None
+    finally:
+        adapter_module.TargetAdapter.forward = original
+    assert result.new_ids == ar.new_ids

@@ -63,8 +63,24 @@ def test_shipped_testbed_carries_its_drafts_as_data_keyed_by_their_own_kind():
     loaded, _ = trained_testbed()
     drafts = testbed_module.WEIGHTS_DIR / "drafts"
     assert loaded.default_drafts == {kind: str(drafts / kind) for kind in ("eagle2", "medusa", "vispec", "eaglevlm",
-                                                                          "specvlm")}
+                                                                          "specvlm", "eagle3")}
     assert not hasattr(loaded.model, "vispec_default_drafts")  # nothing stashed on the HF module
+
+
+def test_shipped_eagle3_draft_is_trained_and_lossless():
+    """The shipped EAGLE-3 draft (training-time test on the build's data) reads the testbed's layers
+    2, 15 and 27 and accepts several tokens a round; a random draft of the same shape gives ~1."""
+    from conftest import prepared
+
+    loaded, adapter = trained_testbed()
+    sample = easyvqa_samples(limit=1)[0]
+    prompt = adapter.build_prompt(sample.messages, sample.images)
+    ar = decode(adapter, prompt, None, 32, SamplingConfig())
+    method = prepared("eagle3", adapter, draft=loaded.default_drafts["eagle3"])
+    result = decode(adapter, prompt, method.make_proposer(adapter, None), 32, SamplingConfig())
+    adapter.capture_layers(None)  # leave the shared adapter as the other tests expect it
+    assert result.new_ids == ar.new_ids
+    assert sum(result.accepted_lengths) / result.num_rounds > 2.0
 
 
 def test_shipped_eaglevlm_and_specvlm_drafts_are_trained_lossless_and_specvlm_compresses():

@@ -38,10 +38,24 @@ class DecodeResult:
         return len(self.accepted_lengths)
 
 
-@torch.no_grad()
 def decode(adapter: TargetAdapter, prompt: PreparedPrompt, proposer: Proposer | None, max_new_tokens: int,
            sampling: SamplingConfig, seed: int = 0,
            phase_timer: PhaseTimer | NullPhaseTimer = NULL_PHASE_TIMER) -> DecodeResult:
+    """Decode one prompt (see _decode). The target's forwards capture exactly the layers the
+    proposer reads (EAGLE-3's; none for AR and the other methods, so the baseline's timed forwards
+    carry no capture), and the adapter's own setting is restored afterwards."""
+    before = adapter.captured_layer_ids
+    adapter.capture_layers(None if proposer is None else proposer.target_layers)
+    try:
+        return _decode(adapter, prompt, proposer, max_new_tokens, sampling, seed, phase_timer)
+    finally:
+        adapter.capture_layers(before)
+
+
+@torch.no_grad()
+def _decode(adapter: TargetAdapter, prompt: PreparedPrompt, proposer: Proposer | None, max_new_tokens: int,
+            sampling: SamplingConfig, seed: int = 0,
+            phase_timer: PhaseTimer | NullPhaseTimer = NULL_PHASE_TIMER) -> DecodeResult:
     """Decode one prompt. `phase_timer` (an instruments.PhaseTimer) splits each round into
     draft / verify / accept_commit time; it synchronises at every phase, so it is for a
     separate profiling pass, never for the timed run (whose default null timer does nothing)."""

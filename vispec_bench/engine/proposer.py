@@ -62,6 +62,9 @@ class Proposer:
 
     acceptance_rule = None
     max_verify_tokens: int | None = None
+    # Decoder layers whose inputs the proposer reads from the target's forwards (EAGLE-3); the
+    # decode loop asks the adapter for exactly these, so AR's and other methods' forwards capture nothing.
+    target_layers: tuple[int, ...] | None = None
     cache_slack: int = 0
     draft_forward_methods: tuple[str, ...] = ()
     instrument_modules = True  # False: all draft work goes through draft_forward_methods (see Eagle2Proposer)

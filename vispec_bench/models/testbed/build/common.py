@@ -16,8 +16,10 @@ TRAINABLE = ("model.vision_tower.", "model.multi_modal_projector.")  # the param
 # In training order: a method in SECOND_STAGE starts from the draft of the method it names and
 # trains half the steps (ViSpec from EAGLE-2, its paper's stage 2; SpecVLM from EagleVLM: its
 # compressor and gate are new, its draft layer is EagleVLM's), so each pair totals the same steps.
-DRAFT_METHODS = ("medusa", "eagle2", "vispec", "eaglevlm", "specvlm")
+DRAFT_METHODS = ("medusa", "eagle2", "vispec", "eaglevlm", "specvlm", "eagle3")
 SECOND_STAGE = {"vispec": "eagle2", "specvlm": "eaglevlm"}
+# The option that sizes each method's reduced draft vocabulary (EAGLE-3's is its own lm_head's rows).
+VOCAB_OPTION = {"eagle3": "draft_vocab_size"}
 
 
 class StageLog:

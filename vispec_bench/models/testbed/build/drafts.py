@@ -1,4 +1,4 @@
-"""Stage 4 of the testbed build: the Medusa, EAGLE-2, ViSpec, EagleVLM and SpecVLM drafts, trained
+"""Stage 4 of the testbed build: the Medusa, EAGLE-2, ViSpec, EagleVLM, SpecVLM and EAGLE-3 drafts, trained
 with `train` on the stage-3 data against the testbed of WORK/weights, each with a reduced draft
 vocabulary (a second-stage method takes its first stage's)."""
 
@@ -8,7 +8,7 @@ import json
 import time
 from pathlib import Path
 
-from vispec_bench.models.testbed.build.common import DRAFT_METHODS, SECOND_STAGE, StageLog, mark_stage_done, stage_done, weights_of
+from vispec_bench.models.testbed.build.common import DRAFT_METHODS, SECOND_STAGE, VOCAB_OPTION, StageLog, mark_stage_done, stage_done, weights_of
 from vispec_bench.models.testbed.model import testbed_loader
 from vispec_bench.running.config import BuildConfig
 
@@ -28,7 +28,7 @@ def train_drafts(config: BuildConfig, work: Path, device: str, log: StageLog) ->
         train_config = TrainConfig(method=method, model="testbed", data=str(work / "data"), out=str(out), steps=steps,
                                    lr=1e-3, eval_every=max(50, steps // 6), save_every=100, seed=config.seed,
                                    dtype="float32", device=device, init=init,
-                                   method_args=[f"{method}.vocab={config.draft_vocab}"],
+                                   method_args=[f"{method}.{VOCAB_OPTION.get(method, 'vocab')}={config.draft_vocab}"],
                                    resume=(out / "trainer_state.pt").exists())
         train(train_config, log=lambda message: log(stage=f"draft-{method}", message=message),
               model_loader=testbed_loader(weights_of(work)))

@@ -26,7 +26,7 @@ STAGE_SETTINGS = {"pretrain": ("seed", "pretrain_steps", "pretrain_batch"),
                   "data": ("data_samples", "data_max_new_tokens"),
                   "draft-medusa": ("draft_vocab", "draft_steps"), "draft-eagle2": ("draft_vocab", "draft_steps"),
                   "draft-vispec": ("draft_vocab", "draft_steps"), "draft-eaglevlm": ("draft_vocab", "draft_steps"),
-                  "draft-specvlm": ("draft_vocab", "draft_steps")}
+                  "draft-specvlm": ("draft_vocab", "draft_steps"), "draft-eagle3": ("draft_vocab", "draft_steps")}
 
 
 def check_settings(config: BuildConfig, work: Path) -> None:
