@@ -12,6 +12,7 @@
 #   reports/regenerate.sh engines-cpu         # eager / static / compiled, float32 and bfloat16, + roofline
 #   reports/regenerate.sh ngram-vs-hf         # our ngram against HF's prompt lookup, same process
 #   reports/regenerate.sh specvlm-cpu         # eaglevlm and specvlm against ngram, eagle2 and vispec
+#   reports/regenerate.sh eagle3-cpu          # eagle3 (training-time test) against eagle2 and vispec
 #   reports/regenerate.sh training-scaling    # online-trained EAGLE-family drafts: tau per epoch (not in
 #                                             # `all`: an hour on a CPU; needs `testbed build`'s data)
 #
@@ -135,6 +136,16 @@ specvlm_cpu() {
   python -m vispec_bench report "$WORK/specvlm-cpu" --out reports/specvlm-cpu
 }
 
+eagle3_cpu() {
+  # The shipped drafts: EAGLE-3 800 steps (training-time test, 7 unrolled steps each), EAGLE-2 800,
+  # ViSpec 400 more from EAGLE-2; the same 192 generated answers (testbed provenance.json).
+  fresh eagle3-cpu
+  python -m vispec_bench run --model testbed --methods eagle2,vispec,eagle3 --suite easyvqa \
+    --prompt-mode long --limit ${EAGLE3_SAMPLES:-40} --max-new-tokens 128 "${CPU[@]}" --no-profile \
+    --out "$WORK/eagle3-cpu" --run-id eagle3-methods
+  python -m vispec_bench report "$WORK/eagle3-cpu" --out reports/eagle3-cpu
+}
+
 baseline() {
   # The two gate runs of .ci/run with 5 repeats (a baseline measures its noise from >= 5).
   rm -rf "$WORK/ci"
@@ -155,8 +166,9 @@ case "${1:-all}" in
   engines-cpu) engines_cpu ;;
   ngram-vs-hf) ngram_vs_hf ;;
   specvlm-cpu) specvlm_cpu ;;
+  eagle3-cpu) eagle3_cpu ;;
   training-scaling) training_scaling ;;
-  all) testbed_cpu; tiny_llava_drafts; sample_tiny_llava; baseline; engines_cpu; ngram_vs_hf; specvlm_cpu ;;
-  *) echo "usage: $0 [all|testbed-cpu|tiny-llava-drafts|sample-tiny-llava|baseline|engines-cpu|ngram-vs-hf|specvlm-cpu|training-scaling]" >&2
+  all) testbed_cpu; tiny_llava_drafts; sample_tiny_llava; baseline; engines_cpu; ngram_vs_hf; specvlm_cpu; eagle3_cpu ;;
+  *) echo "usage: $0 [all|testbed-cpu|tiny-llava-drafts|sample-tiny-llava|baseline|engines-cpu|ngram-vs-hf|specvlm-cpu|eagle3-cpu|training-scaling]" >&2
      exit 2 ;;
 esac
