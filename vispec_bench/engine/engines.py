@@ -165,20 +165,17 @@ def empty(cache) -> None:
 
 
 def drop_last(cache, num_entries: int) -> None:
-    """Drop a cache's last `num_entries` entries. transformers 5.17's StaticLayer has no `crop`
-    (later versions add one): a static layer's length is only its cumulative_length counter,
-    moved back here; the stale slots beyond it are masked until overwritten."""
-    if all(hasattr(layer, "crop") for layer in cache.layers):
-        cache.crop(-num_entries)  # negative = entries to drop (works on 5.17 and 5.2x)
-        return
+    """Drop a cache's last `num_entries` entries, layer by layer (what HF's `Cache.crop(-n)` does).
+    transformers 5.17's StaticLayer has no `crop` (later versions add one): a static layer's length
+    is only its cumulative_length counter, moved back here; the stale slots beyond it are masked
+    until overwritten."""
     for layer in cache.layers:
-        length = getattr(layer, "cumulative_length", None)
-        if isinstance(length, torch.Tensor):
-            length.sub_(num_entries)
-        elif length is not None:
-            layer.cumulative_length = length - num_entries
+        if hasattr(layer, "crop"):
+            layer.crop(-num_entries)  # negative = entries to drop
+        elif isinstance(layer.cumulative_length, torch.Tensor):
+            layer.cumulative_length.sub_(num_entries)
         else:
-            layer.crop(-num_entries)
+            layer.cumulative_length -= num_entries
 
 
 @contextmanager
