@@ -41,14 +41,12 @@ class SplitImageAdapter(TargetAdapter):
         """Every run of image tokens; raises unless they form `num_images` images, each ending
         with its global view (the run right after a global-view token)."""
         runs = super().check_image_tokens(input_ids, num_images)
-        ids = input_ids.tolist()
-        global_runs = [index for index, (start, _) in enumerate(runs)
-                       if start > 0 and ids[start - 1] == self.global_image_token_id]
-        if len(global_runs) != num_images or global_runs[-1] != len(runs) - 1:
+        counts = self.runs_per_image(input_ids, runs)  # one per global view; runs after the last are uncounted
+        if len(counts) != num_images or sum(counts) != len(runs):
             raise ImageTokenError(
                 f"expected {num_images} image(s), each its tiles' runs of image tokens followed by its global view "
                 f"(a run right after {self.global_image_token!r}, id {self.global_image_token_id}); found "
-                f"{len(global_runs)} global view(s) among {len(runs)} runs at {runs}")
+                f"{len(counts)} global view(s) among {len(runs)} runs at {runs}")
         return runs
 
     def runs_per_image(self, input_ids: torch.Tensor, image_spans: list[tuple[int, int]]) -> list[int]:
