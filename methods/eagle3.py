@@ -198,8 +198,8 @@ class Eagle3Proposer(Eagle2Proposer):
     def _layer_features(self) -> torch.Tensor:
         features = self.adapter.layer_features
         if features is None:
-            raise RuntimeError("eagle3: the target adapter captured no layer features; Eagle3.prepare asks for "
-                               "them (adapter.capture_layers) before decoding")
+            raise RuntimeError("eagle3: the target adapter captured no layer features; decode() asks for the "
+                               "proposer's target_layers (adapter.capture_layers) before the prefill")
         return features
 
     def _top(self, hidden, k: int):
@@ -244,10 +244,6 @@ class Eagle3(Eagle2):
             state["d2t"], state["t2d"] = torch.zeros_like(draft.d2t), torch.ones_like(draft.t2d)
         load_matching(draft, state, f"{self.name} checkpoint {source}", ignore_prefixes=self.ignored_checkpoint_keys)
         draft.vocabulary_from_checkpoint = True
-
-    def prepare(self, adapter):
-        super().prepare(adapter)
-        adapter.capture_layers(self.draft.layer_ids)
 
     def proposal_head(self, adapter) -> torch.Tensor:
         return self.draft.lm_head.weight

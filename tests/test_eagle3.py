@@ -245,15 +245,16 @@ def test_eagle3_trained_draft_reproduces_ar_and_beats_the_untrained_one(model, r
 
 def test_only_eagle3_decodes_capture_layer_features():
     """The decode loop asks the adapter for the proposer's layers and for none otherwise: an AR
-    decode after EAGLE-3's prepare() runs plain target forwards (no capture in the baseline's timed
-    region), an EAGLE-3 decode captures without prepare() having asked, and the adapter's own
+    decode on an adapter set to capture runs plain target forwards (no capture in the baseline's
+    timed region), an EAGLE-3 decode captures on an adapter set to nothing, and the adapter's own
     setting is back afterwards."""
     from vispec_bench.engine import adapter as adapter_module
 
     _, adapter = tiny_by_name("tiny-llava")
     sample = easyvqa_samples(limit=1)[0]
     prompt = adapter.build_prompt(sample.messages, sample.images)
-    eagle3 = prepared("eagle3", adapter, draft="random")  # prepare() asks for its layers
+    eagle3 = prepared("eagle3", adapter, draft="random")
+    adapter.capture_layers(eagle3.draft.layer_ids)  # as a trainer's prepare_teacher leaves it
     captured_during = []
     original = adapter_module.TargetAdapter.forward
 
