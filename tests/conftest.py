@@ -72,6 +72,19 @@ def trained_draft(model: str, method: str) -> Path:
     return out
 
 
+def edited_draft(tmp_path, source: Path, name: str, edit) -> Path:
+    """A copy of the draft directory `source` under tmp_path/name, its config.json changed by `edit(config)`."""
+    import json
+    import shutil
+
+    directory = tmp_path / name
+    shutil.copytree(source, directory)
+    config = json.loads((directory / "config.json").read_text())
+    edit(config)
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory
+
+
 def prepared(method: str, adapter, **options):
     built = make_method(method, {k: str(v) for k, v in options.items()})
     built.prepare(adapter)

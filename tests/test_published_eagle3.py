@@ -6,7 +6,6 @@ states (<= 1e-5, relative above 1) and top-k target ids (identical), decode exac
 draft cannot be is refused by name."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import DynamicCache
 
-from conftest import decode_all, easyvqa_samples, prepared, tiny_by_name
+from conftest import decode_all, easyvqa_samples, edited_draft, prepared, tiny_by_name
 from methods.eagle2 import additive_mask, causal_visible
 from methods.eagle3 import reference_layer_ids
 from vispec_bench.drafts.checkpoints import DraftCheckpointError
@@ -114,35 +113,26 @@ def test_published_eagle3_draft_decodes_exactly_as_ar(directory):
     assert [r.new_ids for r in decode_all(adapter, built, samples, max_new_tokens=24)] == ar
 
 
-def edited(tmp_path, source: Path, name: str, edit) -> Path:
-    directory = tmp_path / name
-    shutil.copytree(source, directory)
-    config = json.loads((directory / "config.json").read_text())
-    edit(config)
-    (directory / "config.json").write_text(json.dumps(config))
-    return directory
-
-
 def test_eagle3_layouts_this_package_cannot_serve_are_refused_by_name(tmp_path):
     _, adapter = tiny_by_name("tiny-llava")
     source = SPECULATORS / "speculators_eagle3_llava_reduced"
     for flag in ("norm_before_fc", "fc_norm", "norm_output"):
         with pytest.raises(DraftCheckpointError, match=f"speculators 'eagle3' draft with {flag} .*no such option"):
-            prepared("eagle3", adapter, draft=edited(tmp_path, source, flag, lambda c: c.update({flag: True})))
-    deeper = edited(tmp_path, source, "layers", lambda c: c["transformer_layer_config"].update(num_hidden_layers=2))
+            prepared("eagle3", adapter, draft=edited_draft(tmp_path, source, flag, lambda c: c.update({flag: True})))
+    deeper = edited_draft(tmp_path, source, "layers", lambda c: c["transformer_layer_config"].update(num_hidden_layers=2))
     with pytest.raises(DraftCheckpointError, match="2 decoder layers"):
         prepared("eagle3", adapter, draft=deeper)
-    layers = edited(tmp_path, source, "aux", lambda c: c.update(eagle_aux_hidden_state_layer_ids=[2, 16, 29]))
+    layers = edited_draft(tmp_path, source, "aux", lambda c: c.update(eagle_aux_hidden_state_layer_ids=[2, 16, 29]))
     with pytest.raises(DraftCheckpointError, match=r"decoder layers \[2, 16, 29\] .*this target has 2 layers"):
         prepared("eagle3", adapter, draft=layers)
-    qwen3 = edited(tmp_path, source, "qwen3", lambda c: c["transformer_layer_config"].update(model_type="qwen3"))
+    qwen3 = edited_draft(tmp_path, source, "qwen3", lambda c: c["transformer_layer_config"].update(model_type="qwen3"))
     with pytest.raises(DraftCheckpointError, match="decoder layer of type 'qwen3'"):
         prepared("eagle3", adapter, draft=qwen3)
-    vocab = edited(tmp_path, source, "vocab", lambda c: c["transformer_layer_config"].update(vocab_size=128256))
+    vocab = edited_draft(tmp_path, source, "vocab", lambda c: c["transformer_layer_config"].update(vocab_size=128256))
     with pytest.raises(DraftCheckpointError, match="vocab_size=128256 .*this target has vocab_size"):
         prepared("eagle3", adapter, draft=vocab)
-    wide = edited(tmp_path, REFERENCE / "reference_llava_reduced_bin", "wide",
-                  lambda c: c.update(target_hidden_size=4096))
+    wide = edited_draft(tmp_path, REFERENCE / "reference_llava_reduced_bin", "wide",
+                        lambda c: c.update(target_hidden_size=4096))
     with pytest.raises(DraftCheckpointError, match="target_hidden_size"):
         prepared("eagle3", adapter, draft=wide)
     _, qwen = tiny_by_name("tiny-qwen25vl")

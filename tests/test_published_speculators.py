@@ -4,14 +4,13 @@ written by speculators' own save_pretrained (tests/golden/make_speculators_golde
 targets this package cannot serve are refused with what was expected and found."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import decode_all, easyvqa_samples, prepared, tiny_by_name
+from conftest import decode_all, easyvqa_samples, edited_draft, prepared, tiny_by_name
 from methods.eagle2 import additive_mask, causal_visible
 from vispec_bench.drafts.checkpoints import DraftCheckpointError
 
@@ -50,27 +49,18 @@ def test_speculators_eagle_draft_decodes_exactly_as_ar(name):
     assert [r.new_ids for r in decode_all(adapter, built, samples, max_new_tokens=24)] == ar
 
 
-def edited(tmp_path, name: str, edit) -> Path:
-    directory = tmp_path / name
-    shutil.copytree(FIXTURES / "speculators_eagle_llava", directory)
-    config = json.loads((directory / "config.json").read_text())
-    edit(config)
-    (directory / "config.json").write_text(json.dumps(config))
-    return directory
-
-
 def test_speculators_variants_and_targets_this_package_cannot_serve_are_refused(tmp_path):
     _, adapter = tiny_by_name("tiny-llava")
-    layernorms = edited(tmp_path, "layernorms", lambda c: c.update(layernorms=True))
+    layernorms = edited_draft(tmp_path, FIXTURES / "speculators_eagle_llava", "layernorms", lambda c: c.update(layernorms=True))
     with pytest.raises(DraftCheckpointError, match="layernorms: true .*has none of these normalisations"):
         prepared("eagle2", adapter, draft=layernorms)
-    other_kind = edited(tmp_path, "dflash", lambda c: c.update(speculators_model_type="dflash"))
+    other_kind = edited_draft(tmp_path, FIXTURES / "speculators_eagle_llava", "dflash", lambda c: c.update(speculators_model_type="dflash"))
     with pytest.raises(DraftCheckpointError, match="speculators 'dflash' draft; this package loads"):
         prepared("eagle2", adapter, draft=other_kind)
-    wider = edited(tmp_path, "wider", lambda c: c["transformer_layer_config"].update(hidden_size=4096))
+    wider = edited_draft(tmp_path, FIXTURES / "speculators_eagle_llava", "wider", lambda c: c["transformer_layer_config"].update(hidden_size=4096))
     with pytest.raises(DraftCheckpointError, match=r"hidden_size=4096 \(config.json\), but this target has hidden_size"):
         prepared("eagle2", adapter, draft=wider)
-    vocab = edited(tmp_path, "vocab", lambda c: c["transformer_layer_config"].update(vocab_size=32000))
+    vocab = edited_draft(tmp_path, FIXTURES / "speculators_eagle_llava", "vocab", lambda c: c["transformer_layer_config"].update(vocab_size=32000))
     with pytest.raises(DraftCheckpointError, match=f"vocab_size=32000 .*target has vocab_size={adapter.vocab_size}"):
         prepared("eagle2", adapter, draft=vocab)
     _, qwen = tiny_by_name("tiny-qwen25vl")  # the same shapes, another verifier
