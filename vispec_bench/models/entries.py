@@ -9,8 +9,12 @@ from vispec_bench.plugins.registry import Entry
 ENTRIES = [
     Entry("testbed", "vispec_bench.models.testbed.model:build_testbed",
           "SmolLM2-135M-Instruct (real weights) + trained 64x64 vision tower in LLaVA (needs the built weights)"),
+    Entry("testbed-576", "vispec_bench.models.testbed.model:build_testbed_576",
+          "the testbed at LLaVA-1.5's 576 image tokens per image (96x96 input, patch 4): its own tower, LoRA and drafts"),
     Entry("testbed-untrained", "vispec_bench.models.testbed.model:build_untrained_testbed",
           "the testbed with a seeded random vision tower: real language model, for pipeline checks"),
+    Entry("testbed-576-untrained", "vispec_bench.models.testbed.model:build_untrained_testbed_576",
+          "testbed-untrained at 576 image tokens per image"),
     Entry("tiny-llava", "vispec_bench.models.tiny:build_tiny_llava",
           "random-init LlavaForConditionalGeneration with a locally trained BPE tokenizer"),
     Entry("tiny-llava-next", "vispec_bench.models.tiny:build_tiny_llava_next",

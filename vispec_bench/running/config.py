@@ -188,7 +188,10 @@ def cache_dir() -> Path:
 class BuildConfig(MachineSettings):
     """`testbed build`: the target is always the testbed, trained and distilled in float32."""
 
-    work: str = setting("", "work directory (default $VISPEC_BENCH_CACHE/testbed-build/seed<seed>)")
+    work: str = setting("", "work directory (default $VISPEC_BENCH_CACHE/testbed-build/seed<seed>, "
+                            "+ -<N>tok for N != 64 image tokens)")
+    image_tokens: int = setting(64, "image tokens per image: 64 (64x64, patch 8; --model testbed), 576 (96x96, "
+                                    "patch 4; --model testbed-576) or 256 (64x64, patch 4)")
     pretrain_steps: int = setting(300, "stage 1: vision-tower pretraining steps")
     pretrain_batch: int = setting(64, "stage 1 batch size")
     vision_steps: int = setting(1000, "stage 2: vision alignment steps")
@@ -208,4 +211,7 @@ class BuildConfig(MachineSettings):
     install: bool = setting(True, "leave the package's weights alone (the results stay in the work directory)")
 
     def work_dir(self) -> Path:
-        return Path(self.work) if self.work else cache_dir() / "testbed-build" / f"seed{self.seed}"
+        if self.work:
+            return Path(self.work)
+        suffix = "" if self.image_tokens == 64 else f"-{self.image_tokens}tok"
+        return cache_dir() / "testbed-build" / f"seed{self.seed}{suffix}"

@@ -7,8 +7,10 @@
 - Image token: SmolLM2's vocabulary has unused special tokens (ids 3-16, code-dataset markers);
   the testbed reuses `<empty_output>` (id 16) as LLaVA's image token, so the tokenizer and the
   embedding matrix keep their 49,152 rows — nothing is resized.
-- Vision: a small CLIP-style ViT on 64x64 images (patch 8: 64 image tokens) and LLaVA's
-  two-layer projector, trained by this project on easy-VQA with `python -m vispec_bench testbed
+- Vision: a small CLIP-style ViT and LLaVA's two-layer projector. The number of image tokens per
+  image is a setting (IMAGE_SETTINGS): 64 (64x64 input, patch 8; `--model testbed`) or 576 (LLaVA-1.5's
+  count: the 64x64 image resized to 96x96, patch 4; `--model testbed-576`), each with its own trained
+  weights; the tower trained by this project on easy-VQA with `python -m vispec_bench testbed
   build` (vispec_bench.models.testbed.build), which also trains the Medusa, EAGLE-2 and ViSpec
   drafts. Both ship in bf16 under weights/ (vision.safetensors with LoRA factors merged into the
   language model at load, drafts/), with provenance.json saying how they were made.
@@ -32,9 +34,10 @@ from vispec_bench.running.config import cache_dir
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 IMAGE_TOKEN = "<empty_output>"
 IMAGE_TOKEN_ID = 16
-IMAGE_SIZE, PATCH_SIZE = 64, 8
-VISION_CONFIG = dict(model_type="clip_vision_model", hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
-                     num_attention_heads=4, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE)
+# image tokens per image -> (input size the image is resized to, patch size); easy-VQA images are 64x64.
+# 256 (patch 4 on the native 64x64) is the fallback setting: registered, buildable, not shipped.
+IMAGE_SETTINGS = {64: (64, 8), 256: (64, 4), 576: (96, 4)}
+DEFAULT_IMAGE_TOKENS = 64
 WEIGHTS_DIR = Path(__file__).parent / "weights"  # what ships; `testbed build` passes its own work directory
 SYSTEM_PROMPT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 CHAT_TEMPLATE = (
@@ -50,6 +53,40 @@ CHAT_TEMPLATE = (
 
 class TestbedError(UserError, RuntimeError):
     pass
+
+
+def image_setting(image_tokens: int) -> tuple[int, int]:
+    """(input size, patch size) of a testbed with `image_tokens` image tokens per image."""
+    if image_tokens not in IMAGE_SETTINGS:
+        raise TestbedError(f"the testbed has no {image_tokens}-image-token setting; "
+                           f"choose one of {', '.join(map(str, IMAGE_SETTINGS))}")
+    return IMAGE_SETTINGS[image_tokens]
+
+
+def vision_config(image_tokens: int = DEFAULT_IMAGE_TOKENS) -> dict:
+    size, patch = image_setting(image_tokens)
+    return dict(model_type="clip_vision_model", hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+                num_attention_heads=4, image_size=size, patch_size=patch)
+
+
+def shipped_weights_dir(image_tokens: int = DEFAULT_IMAGE_TOKENS) -> Path:
+    """Where the package keeps the trained weights of a setting: weights/ (64) or weights-<N>/."""
+    image_setting(image_tokens)
+    return WEIGHTS_DIR if image_tokens == DEFAULT_IMAGE_TOKENS else WEIGHTS_DIR.with_name(f"weights-{image_tokens}")
+
+
+def image_tokens_of(state: dict[str, torch.Tensor], path: Path) -> int:
+    """The setting a vision.safetensors was trained for, read off its position embedding (one row per
+    patch + CLS) and patch kernel, so a weights folder cannot be loaded into the wrong tower."""
+    positions = state.get("model.vision_tower.vision_model.embeddings.position_embedding.weight")
+    kernel = state.get("model.vision_tower.vision_model.embeddings.patch_embedding.weight")
+    if positions is None or kernel is None:
+        raise TestbedError(f"{path} holds no vision tower (no position embedding / patch kernel)")
+    tokens = positions.shape[0] - 1
+    if tokens not in IMAGE_SETTINGS or IMAGE_SETTINGS[tokens][1] != kernel.shape[-1]:
+        raise TestbedError(f"{path} is a tower for {tokens} patches of {kernel.shape[-1]} px, which is none of "
+                           f"the testbed's settings {IMAGE_SETTINGS}")
+    return tokens
 
 
 def gguf_dir() -> Path:
@@ -96,28 +133,29 @@ def smollm2_dir() -> Path:
     return target
 
 
-def _processor(tokenizer):
+def _processor(tokenizer, image_tokens: int = DEFAULT_IMAGE_TOKENS):
     from transformers import CLIPImageProcessor, LlavaProcessor
 
     if tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) != IMAGE_TOKEN_ID or \
             tokenizer(IMAGE_TOKEN, add_special_tokens=False)["input_ids"] != [IMAGE_TOKEN_ID]:
         raise TestbedError(f"{IMAGE_TOKEN!r} is not the single token {IMAGE_TOKEN_ID} in this tokenizer")
     tokenizer.chat_template = CHAT_TEMPLATE
-    image_processor = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE},
-                                         crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
-    return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=PATCH_SIZE,
+    size, patch = image_setting(image_tokens)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=patch,
                           vision_feature_select_strategy="default", chat_template=CHAT_TEMPLATE,
                           image_token=IMAGE_TOKEN, num_additional_image_tokens=1)
 
 
-def build_untrained_testbed(dtype=torch.float32, device="cpu", seed: int = 0):
-    """SmolLM2's real weights, a seeded random vision tower and projector."""
+def build_untrained_testbed(dtype=torch.float32, device="cpu", seed: int = 0,
+                            image_tokens: int = DEFAULT_IMAGE_TOKENS):
+    """SmolLM2's real weights, a seeded random vision tower and projector (`image_tokens` per image)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlavaConfig, LlavaForConditionalGeneration
 
     source = smollm2_dir()
     language_model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(source)
-    config = LlavaConfig(vision_config=VISION_CONFIG, text_config=language_model.config.to_dict(),
+    config = LlavaConfig(vision_config=vision_config(image_tokens), text_config=language_model.config.to_dict(),
                          image_token_id=IMAGE_TOKEN_ID, vision_feature_select_strategy="default",
                          vision_feature_layer=-2, projector_hidden_act="gelu")
     with torch.random.fork_rng(devices=[]):
@@ -127,7 +165,11 @@ def build_untrained_testbed(dtype=torch.float32, device="cpu", seed: int = 0):
     model.lm_head.weight.data.copy_(language_model.lm_head.weight.data)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return model.to(device=device, dtype=dtype).eval(), _processor(tokenizer)
+    return model.to(device=device, dtype=dtype).eval(), _processor(tokenizer, image_tokens)
+
+
+def build_untrained_testbed_576(dtype=torch.float32, device="cpu", seed: int = 0):
+    return build_untrained_testbed(dtype, device, seed, image_tokens=576)
 
 
 LORA_TARGETS = ("q_proj", "v_proj")  # the attention projections the build may adapt with LoRA
@@ -153,21 +195,27 @@ def merge_lora(model, state: dict[str, torch.Tensor]) -> int:
     return merged
 
 
-def build_testbed(dtype=torch.float32, device="cpu", seed: int = 0, weights_dir: str | Path | None = None):
+def build_testbed(dtype=torch.float32, device="cpu", seed: int = 0, weights_dir: str | Path | None = None,
+                  image_tokens: int = DEFAULT_IMAGE_TOKENS):
     """(model, processor, default drafts): the trained testbed from `weights_dir` (default: the
-    weights shipped in this package), with the drafts found under its drafts/ folder."""
-    root = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
+    weights this package ships for `image_tokens`), with the drafts found under its drafts/ folder.
+    The tower's setting is read off the weights; asking for another one is an error."""
+    root = Path(weights_dir) if weights_dir is not None else shipped_weights_dir(image_tokens)
     weights = root / "vision.safetensors"
     if not weights.exists():
+        flag = "" if image_tokens == DEFAULT_IMAGE_TOKENS else f" --image-tokens {image_tokens}"
         raise TestbedError(
             f"the testbed's trained vision tower is not in {root} ({weights.name} is missing). "
-            "Build it with `python -m vispec_bench testbed build`, or use "
+            f"Build it with `python -m vispec_bench testbed build{flag}`, or use "
             "--model testbed-untrained (same model, random vision tower) to exercise the pipeline.")
     from safetensors.torch import load_file
 
-    model, processor = build_untrained_testbed(dtype=torch.float32, device="cpu", seed=seed)
-    model.name_or_path = "vispec-bench/testbed"
     state = load_file(str(weights))
+    found = image_tokens_of(state, weights)
+    if weights_dir is None and found != image_tokens:
+        raise TestbedError(f"{weights} is a {found}-image-token tower, not the {image_tokens}-token setting asked for")
+    model, processor = build_untrained_testbed(dtype=torch.float32, device="cpu", seed=seed, image_tokens=found)
+    model.name_or_path = "vispec-bench/testbed" + ("" if found == DEFAULT_IMAGE_TOKENS else f"-{found}")
     lora = {k: state.pop(k) for k in [k for k in state if k.startswith("lora.")]}
     if lora and merge_lora(model, lora) * 2 != len(lora):
         raise TestbedError(f"{weights} holds LoRA factors that do not fit the language model")
@@ -175,6 +223,11 @@ def build_testbed(dtype=torch.float32, device="cpu", seed: int = 0, weights_dir:
     if unexpected or any(k.startswith(("model.vision_tower.", "model.multi_modal_projector.")) for k in missing):
         raise TestbedError(f"{weights} does not fit the testbed (unexpected {unexpected[:4]})")
     return model.to(device=device, dtype=dtype).eval(), processor, shipped_drafts(root / "drafts")
+
+
+def build_testbed_576(dtype=torch.float32, device="cpu", seed: int = 0, weights_dir: str | Path | None = None):
+    """`--model testbed-576`: LLaVA-1.5's 576 image tokens per image, its own tower and drafts."""
+    return build_testbed(dtype, device, seed, weights_dir, image_tokens=576)
 
 
 def testbed_loader(weights_dir: str | Path):

@@ -12,12 +12,13 @@ from pathlib import Path
 import torch
 
 from vispec_bench.models.testbed.build.common import DRAFT_METHODS, weights_of
-from vispec_bench.models.testbed.model import WEIGHTS_DIR
+from vispec_bench.models.testbed.model import shipped_weights_dir
 from vispec_bench.running.config import BuildConfig
 
 
-def install(config: BuildConfig, work: Path, device: str, command: str, target: Path = WEIGHTS_DIR) -> Path:
-    """bf16 weights into the package (vispec_bench/models/testbed/weights) with how they were made."""
+def install(config: BuildConfig, work: Path, device: str, command: str, target: Path | None = None) -> Path:
+    """bf16 weights into the package (vispec_bench/models/testbed/weights, or weights-<N> for N image
+    tokens) with how they were made."""
     import shutil
 
     import transformers
@@ -25,6 +26,7 @@ def install(config: BuildConfig, work: Path, device: str, command: str, target: 
     from vispec_bench.drafts.checkpoints import load_draft, save_draft
     from vispec_bench.running.environment import capture
 
+    target = target if target is not None else shipped_weights_dir(config.image_tokens)
     staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

@@ -20,7 +20,7 @@ from vispec_bench.models.testbed.build.pretrain import pretrain_tower
 from vispec_bench.models.testbed.build.vision import save_vision_weights, train_vision
 from vispec_bench.running.config import BuildConfig
 
-STAGE_SETTINGS = {"pretrain": ("seed", "pretrain_steps", "pretrain_batch"),
+STAGE_SETTINGS = {"pretrain": ("seed", "image_tokens", "pretrain_steps", "pretrain_batch"),
                   "vision": ("vision_steps", "vision_batch", "vision_lr", "vision_target", "vision_train_tower",
                              "lora_rank", "vision_long_examples", "eval_every", "eval_questions"),
                   "data": ("data_samples", "data_max_new_tokens"),
@@ -59,7 +59,8 @@ def build(config: BuildConfig, command: str = "") -> Path:
 
     if not (weights / "vision.safetensors").exists():
         started = time.time()
-        model, processor = build_untrained_testbed(dtype=torch.float32, device=device, seed=config.seed)
+        model, processor = build_untrained_testbed(dtype=torch.float32, device=device, seed=config.seed,
+                                                   image_tokens=config.image_tokens)
         info = stage_done(work, "pretrain")
         if info is None:
             info = pretrain_tower(model, processor, config, work, device, log)
