@@ -13,6 +13,9 @@
 #   reports/regenerate.sh ngram-vs-hf         # our ngram against HF's prompt lookup, same process
 #   reports/regenerate.sh specvlm-cpu         # eaglevlm and specvlm against ngram, eagle2 and vispec
 #   reports/regenerate.sh eagle3-cpu          # eagle3 (training-time test) against eagle2 and vispec
+#   reports/regenerate.sh image-tokens-cpu    # every method at 64 and 576 image tokens per image, >= 100
+#                                             # long answers each + 500 short questions (hours on a CPU;
+#                                             # resumable: re-running continues its runs; not in `all`)
 #   reports/regenerate.sh training-scaling    # online-trained EAGLE-family drafts: tau per epoch (not in
 #                                             # `all`: an hour on a CPU; needs `testbed build`'s data)
 #
@@ -146,6 +149,31 @@ eagle3_cpu() {
   python -m vispec_bench report "$WORK/eagle3-cpu" --out reports/eagle3-cpu
 }
 
+run_or_resume() {  # run_or_resume DIR RUN_ID ARGS...: continue an interrupted run instead of starting over
+  local dir=$1 id=$2; shift 2
+  if [ -f "$dir/$id/manifest.json" ]; then
+    python -m vispec_bench run --resume "$dir/$id" --no-progress
+  else
+    python -m vispec_bench run "$@" --out "$dir" --run-id "$id"
+  fi
+}
+
+image_tokens_cpu() {
+  # The equal-compute drafts of each setting's build (testbed provenance.json / weights-576/provenance.json),
+  # AR and every draft method interleaved per sample, on the same long-answer test questions.
+  local out="$WORK/image-tokens-cpu" n=${IMAGE_TOKENS_SAMPLES:-100}
+  local methods=medusa,eagle2,vispec,vispec-noadaptor,vispec-noglobal,eaglevlm,specvlm,eagle3
+  mkdir -p "$out"
+  rm -rf reports/image-tokens-cpu/runs
+  for model in testbed testbed-576; do
+    run_or_resume "$out" "$model-long" --model $model --methods $methods --suite easyvqa --prompt-mode long \
+      --limit "$n" --max-new-tokens 128 "${CPU[@]}" --no-profile
+    run_or_resume "$out" "$model-short" --model $model --methods ar --suite easyvqa --prompt-mode short \
+      --limit 500 --max-new-tokens 8 "${CPU[@]}" --no-profile
+  done
+  python -m vispec_bench report "$out" --out reports/image-tokens-cpu
+}
+
 baseline() {
   # The two gate runs of .ci/run with 5 repeats (a baseline measures its noise from >= 5).
   rm -rf "$WORK/ci"
@@ -167,8 +195,9 @@ case "${1:-all}" in
   ngram-vs-hf) ngram_vs_hf ;;
   specvlm-cpu) specvlm_cpu ;;
   eagle3-cpu) eagle3_cpu ;;
+  image-tokens-cpu) image_tokens_cpu ;;
   training-scaling) training_scaling ;;
   all) testbed_cpu; tiny_llava_drafts; sample_tiny_llava; baseline; engines_cpu; ngram_vs_hf; specvlm_cpu; eagle3_cpu ;;
-  *) echo "usage: $0 [all|testbed-cpu|tiny-llava-drafts|sample-tiny-llava|baseline|engines-cpu|ngram-vs-hf|specvlm-cpu|eagle3-cpu|training-scaling]" >&2
+  *) echo "usage: $0 [all|testbed-cpu|tiny-llava-drafts|sample-tiny-llava|baseline|engines-cpu|ngram-vs-hf|specvlm-cpu|eagle3-cpu|image-tokens-cpu|training-scaling]" >&2
      exit 2 ;;
 esac

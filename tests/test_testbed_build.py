@@ -93,9 +93,13 @@ def test_testbed_build_at_toy_size_installs_weights_that_run_losslessly(tmp_path
                          data_max_new_tokens=12,
                          draft_vocab=256, draft_steps=4, install=False)
     work = testbed_build.build(config, command="test")
-    for stage in ("pretrain", "vision", "data", "draft-medusa", "draft-eagle2", "draft-vispec", "draft-eaglevlm",
+    for stage in ("pretrain", "vision", "data", "draft-medusa", "draft-eagle2", "draft-vispec-stage1", "draft-vispec",
+                  "draft-vispec-noadaptor", "draft-vispec-noglobal", "draft-eaglevlm", "draft-specvlm-stage1",
                   "draft-specvlm", "draft-eagle3"):
         assert (work / f"{stage}.done.json").exists(), stage
+    # equal compute: every shipped draft trained draft_steps in all, a first stage included
+    for stage in ("medusa", "eagle2", "vispec", "vispec-noadaptor", "vispec-noglobal", "eaglevlm", "specvlm", "eagle3"):
+        assert json.loads((work / f"draft-{stage}.done.json").read_text())["total_steps"] == 4, stage
     data = json.loads((work / "data.done.json").read_text())
     assert data["rows"] == 6 and data["text_only_rows"] == 1
     evaluations = [e for e in map(json.loads, (work / "build_log.jsonl").read_text().splitlines())
@@ -113,20 +117,24 @@ def test_testbed_build_at_toy_size_installs_weights_that_run_losslessly(tmp_path
     provenance = json.loads((installed / "provenance.json").read_text())
     assert provenance["command"] == "test" and provenance["build_config"]["seed"] == 0
     assert any(entry.get("stage") == "vision" for entry in provenance["history"])
-    # six bf16 drafts (EAGLE-3's with a 256-row head here) + the vision side (~63 MB at full width)
-    assert sum(provenance["bytes"].values()) < 72 * 2 ** 20
+    # eight bf16 drafts (EAGLE-3's with a 256-row head here) + the vision side (~80 MB at full width)
+    assert sum(provenance["bytes"].values()) < 90 * 2 ** 20
+    assert not (installed / "drafts" / "vispec-stage1").exists()  # a first stage is not shipped
     run_config = RunConfig(model="testbed", limit=1, max_new_tokens=10, dtype="float32", device="cpu",
-                           profile_rounds=False)
+                           profile_rounds=False, methods=["medusa", "eagle2", "vispec", "vispec-noadaptor"])
     # the installed directory, not the package's weights; the default methods find its drafts by themselves
     run_dir = Runner(run_config, out_dir=tmp_path / "runs", run_id="t", progress=False, log=lambda m: None,
                      model_loader=testbed_loader(installed)).run()
     records = [json.loads(line) for line in (run_dir / "records.jsonl").read_text().splitlines()]
-    assert {r["method"] for r in records} == {"ar", "medusa", "eagle2", "vispec"}
+    assert {r["method"] for r in records} == {"ar", "medusa", "eagle2", "vispec", "vispec-noadaptor"}
     assert all(r["equivalence"]["exact_match"] for r in records)
     drafts = {r["method"]: r["draft"] for r in records if r["method"] != "ar"}
     assert drafts["vispec"]["path"] == str((installed / "drafts" / "vispec").resolve())
+    # the ablation runs the draft trained with its component off, not ViSpec's
+    assert drafts["vispec-noadaptor"]["path"] == str((installed / "drafts" / "vispec-noadaptor").resolve())
     # Second stages start from their first stage's draft and train half the steps.
-    for second, first in (("vispec", "eagle2"), ("specvlm", "eaglevlm")):
+    for second, first in (("vispec", "vispec-stage1"), ("vispec-noglobal", "vispec-stage1"),
+                          ("specvlm", "specvlm-stage1")):
         training = json.loads((installed / "drafts" / second / "draft_config.json").read_text())["training"]
         assert (training["init"], training["steps"]) == (str(work / "drafts" / first), 2)
     assert {d["source"] for d in drafts.values()} == {"model default"}

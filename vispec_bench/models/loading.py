@@ -90,7 +90,9 @@ def _build_registered(name: str, builder, dtype, device, seed, options: dict) ->
 def shipped_drafts(root: Path) -> dict[str, str]:
     """Draft kind -> checkpoint directory for every draft under `root` (one sub-directory each).
     The kind is what the checkpoint itself says (its draft_config.json "method"), so a model
-    that ships drafts needs no table of method names."""
+    that ships drafts needs no table of method names. A folder named <kind>-<variant> (a draft
+    trained for an ablation, e.g. vispec-noadaptor) is keyed by its folder name instead: the
+    ablation of that name takes it, the method itself does not."""
     from vispec_bench.drafts.checkpoints import CONFIG, WEIGHTS
 
     found: dict[str, str] = {}
@@ -101,9 +103,10 @@ def shipped_drafts(root: Path) -> dict[str, str]:
         kind = json.loads(config_path.read_text()).get("method")
         if not kind:
             raise ModelLoadError(f"{config_path} names no \"method\": cannot tell which method's draft it is")
-        if kind in found:
-            raise ModelLoadError(f"two default {kind} drafts under {root}: {found[kind]} and {directory}")
-        found[kind] = str(directory)
+        key = directory.name if directory.name.startswith(f"{kind}-") else kind
+        if key in found:
+            raise ModelLoadError(f"two default {key} drafts under {root}: {found[key]} and {directory}")
+        found[key] = str(directory)
     return found
 
 

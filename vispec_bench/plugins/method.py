@@ -117,7 +117,8 @@ class DraftMethod(Method):
         """Hook for draft=random, after the seeded build (inside the same RNG fork)."""
 
     def resolve(self, default_drafts: dict[str, str]) -> None:
-        """The `draft` option if given, else the model's default draft of this method's kind."""
+        """The `draft` option if given, else the model's default draft: the one shipped under this
+        method's own name (an ablation trained as itself), else the one of its kind."""
         from vispec_bench.drafts.provenance import draft_provenance
 
         requested = str(self.options.draft)
@@ -125,7 +126,8 @@ class DraftMethod(Method):
             self.resolved_draft = {"path": None, "weights": None, "sha256": None, "source": "random"}
         elif requested:
             self.resolved_draft = draft_provenance(requested, source="option")
-        elif (default := default_drafts.get(self.draft_kind) or default_drafts.get(self.shipped_draft_of)):
+        elif (default := default_drafts.get(self.name) or default_drafts.get(self.draft_kind)
+                         or default_drafts.get(self.shipped_draft_of)):
             self.resolved_draft = draft_provenance(default, source="model default")
         else:
             raise InputError(f"{self.name} needs a draft: --method-args {self.name}.draft=CHECKPOINT_DIR "

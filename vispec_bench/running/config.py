@@ -201,13 +201,17 @@ class BuildConfig(MachineSettings):
     vision_train_tower: bool = setting(False, "stage 2 also trains the vision tower (default: only projector + "
                                               "LoRA)", flag="--train-tower")
     lora_rank: int = setting(8, "LoRA rank on the language model's q/v projections in stage 2 (0 = frozen)")
+    vision_init: str = setting("", "stage 2 starts from this testbed weights folder: its LoRA factors, and its "
+                                   "projector too when its tower has this build's image-token setting")
     vision_long_examples: int = setting(320, "long-answer targets written by the base SmolLM2 (0 = short only)")
     eval_every: int = setting(100, "stage 2 steps between evaluations")
     eval_questions: int = setting(256, "held-out questions per evaluation")
-    data_samples: int = setting(240, "stage 3: prompts answered for draft training")
+    data_samples: int = setting(512, "stage 3: easy-VQA prompts answered for draft training (+ a fifth as many "
+                                     "text-only instructions)")
     data_max_new_tokens: int = setting(256, "stage 3 answer length cap")
     draft_vocab: int = setting(4096, "reduced draft vocabulary size")
-    draft_steps: int = setting(1200, "stage 4: draft training steps (ViSpec: half, from the EAGLE-2 draft)")
+    draft_steps: int = setting(1200, "stage 4: training steps of every draft, a first stage included (ViSpec: half "
+                                     "as EAGLE-2 (stage 1), half as ViSpec)")
     install: bool = setting(True, "leave the package's weights alone (the results stay in the work directory)")
 
     def work_dir(self) -> Path:

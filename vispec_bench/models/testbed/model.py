@@ -78,8 +78,11 @@ def shipped_weights_dir(image_tokens: int = DEFAULT_IMAGE_TOKENS) -> Path:
 def image_tokens_of(state: dict[str, torch.Tensor], path: Path) -> int:
     """The setting a vision.safetensors was trained for, read off its position embedding (one row per
     patch + CLS) and patch kernel, so a weights folder cannot be loaded into the wrong tower."""
-    positions = state.get("model.vision_tower.vision_model.embeddings.position_embedding.weight")
-    kernel = state.get("model.vision_tower.vision_model.embeddings.patch_embedding.weight")
+    def tower_tensor(suffix: str):  # transformers versions differ in the CLIP tower's module path
+        return next((v for k, v in state.items() if k.startswith("model.vision_tower.") and k.endswith(suffix)), None)
+
+    positions = tower_tensor("embeddings.position_embedding.weight")
+    kernel = tower_tensor("embeddings.patch_embedding.weight")
     if positions is None or kernel is None:
         raise TestbedError(f"{path} holds no vision tower (no position embedding / patch kernel)")
     tokens = positions.shape[0] - 1

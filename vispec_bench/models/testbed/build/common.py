@@ -7,17 +7,45 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 
 from vispec_bench.results.records import append_jsonl
 
 TRAINABLE = ("model.vision_tower.", "model.multi_modal_projector.")  # the parameters the build trains and ships
-# In training order: a method in SECOND_STAGE starts from the draft of the method it names and
-# trains half the steps (ViSpec from EAGLE-2, its paper's stage 2; SpecVLM from EagleVLM: its
-# compressor and gate are new, its draft layer is EagleVLM's), so each pair totals the same steps.
-DRAFT_METHODS = ("medusa", "eagle2", "vispec", "eaglevlm", "specvlm", "eagle3")
-SECOND_STAGE = {"vispec": "eagle2", "specvlm": "eaglevlm"}
+
+
+@dataclass(frozen=True)
+class DraftStage:
+    """One draft the build trains: WORK/drafts/<name>, by `train --method <method>`, for
+    share * draft_steps steps, starting from the draft of stage `init` when it names one."""
+
+    name: str
+    method: str  # a registry name; an ablation entry trains with its preset options
+    init: str = ""
+    share: float = 1.0
+    ships: bool = True  # installed into the package (a first stage is only a starting point)
+
+
+# Equal compute: every shipped draft has trained draft_steps steps in total on the same data. A
+# two-stage method counts its first stage: ViSpec (and its two ablations, each trained with its
+# component off) starts from an EAGLE-2 draft trained half the steps (the paper's stage 1, a
+# text-style draft) and trains the other half; SpecVLM starts from a half-trained EagleVLM (its
+# compressor and gate are new, its draft layer is EagleVLM's). In training order.
+DRAFT_STAGES = (
+    DraftStage("medusa", "medusa"),
+    DraftStage("eagle2", "eagle2"),
+    DraftStage("vispec-stage1", "eagle2", share=0.5, ships=False),
+    DraftStage("vispec", "vispec", init="vispec-stage1", share=0.5),
+    DraftStage("vispec-noadaptor", "vispec-noadaptor", init="vispec-stage1", share=0.5),
+    DraftStage("vispec-noglobal", "vispec-noglobal", init="vispec-stage1", share=0.5),
+    DraftStage("eaglevlm", "eaglevlm"),
+    DraftStage("specvlm-stage1", "eaglevlm", share=0.5, ships=False),
+    DraftStage("specvlm", "specvlm", init="specvlm-stage1", share=0.5),
+    DraftStage("eagle3", "eagle3"),
+)
+SHIPPED_DRAFTS = tuple(stage.name for stage in DRAFT_STAGES if stage.ships)
 # The option that sizes each method's reduced draft vocabulary (EAGLE-3's is its own lm_head's rows).
 VOCAB_OPTION = {"eagle3": "draft_vocab_size"}
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from vispec_bench.models.testbed.build.common import DRAFT_METHODS, weights_of
+from vispec_bench.models.testbed.build.common import SHIPPED_DRAFTS, weights_of
 from vispec_bench.models.testbed.model import shipped_weights_dir
 from vispec_bench.running.config import BuildConfig
 
@@ -31,9 +31,9 @@ def install(config: BuildConfig, work: Path, device: str, command: str, target: 
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     shutil.copy(weights_of(work) / "vision.safetensors", staging / "vision.safetensors")
-    for method in DRAFT_METHODS:
-        checkpoint = load_draft(work / "drafts" / method)
-        save_draft(staging / "drafts" / method, checkpoint.state_dict, checkpoint.config, dtype=torch.bfloat16)
+    for name in SHIPPED_DRAFTS:
+        checkpoint = load_draft(work / "drafts" / name)
+        save_draft(staging / "drafts" / name, checkpoint.state_dict, checkpoint.config, dtype=torch.bfloat16)
     stages = {path.name.removesuffix(".done.json"): json.loads(path.read_text())
               for path in sorted(work.glob("*.done.json"))}
     # Stage-level lines of the build log (not per-step ones): they show every resume and

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from vispec_bench.errors import InputError
-from vispec_bench.models.testbed.build.common import TRAINABLE, StageLog, mark_stage_done, stage_done, weights_of
+from vispec_bench.models.testbed.build.common import DRAFT_STAGES, TRAINABLE, StageLog, mark_stage_done, stage_done, weights_of
 from vispec_bench.models.testbed.build.data import generate_draft_data
 from vispec_bench.models.testbed.build.drafts import train_drafts
 from vispec_bench.models.testbed.build.install import install
@@ -22,11 +22,9 @@ from vispec_bench.running.config import BuildConfig
 
 STAGE_SETTINGS = {"pretrain": ("seed", "image_tokens", "pretrain_steps", "pretrain_batch"),
                   "vision": ("vision_steps", "vision_batch", "vision_lr", "vision_target", "vision_train_tower",
-                             "lora_rank", "vision_long_examples", "eval_every", "eval_questions"),
+                             "lora_rank", "vision_init", "vision_long_examples", "eval_every", "eval_questions"),
                   "data": ("data_samples", "data_max_new_tokens"),
-                  "draft-medusa": ("draft_vocab", "draft_steps"), "draft-eagle2": ("draft_vocab", "draft_steps"),
-                  "draft-vispec": ("draft_vocab", "draft_steps"), "draft-eaglevlm": ("draft_vocab", "draft_steps"),
-                  "draft-specvlm": ("draft_vocab", "draft_steps"), "draft-eagle3": ("draft_vocab", "draft_steps")}
+                  **{f"draft-{stage.name}": ("draft_vocab", "draft_steps") for stage in DRAFT_STAGES}}
 
 
 def check_settings(config: BuildConfig, work: Path) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vispec_bench.drafts.training import lr_factor
 from vispec_bench.models.testbed.build.common import TRAINABLE, StageLog
 from vispec_bench.models.testbed.build.vision_examples import ShortAnswerExamples, long_answer_examples
 from vispec_bench.models.testbed.model import LORA_TARGETS, lora_key
@@ -66,6 +67,18 @@ class LanguageLoRA(nn.Module):
             out[lora_key(int(index), projection, "A")] = self.A[key].detach()
             out[lora_key(int(index), projection, "B")] = self.B[key].detach()
         return out
+
+    def load_exported(self, state: dict[str, torch.Tensor], source: Path) -> None:
+        """Start from factors export() wrote (another build's vision.safetensors)."""
+        for key in self.A:
+            index, projection = key.split("_", 1)
+            a, b = state.get(lora_key(int(index), projection, "A")), state.get(lora_key(int(index), projection, "B"))
+            if a is None or b is None or a.shape != self.A[key].shape or b.shape != self.B[key].shape:
+                raise ValueError(f"{source} has no rank-{self.A[key].shape[0]} LoRA factors for layer {index} "
+                                 f"{projection}: pass its --lora-rank or another --vision-init")
+            with torch.no_grad():
+                self.A[key].copy_(a.float())
+                self.B[key].copy_(b.float())
 
     def remove(self) -> None:
         for handle in self.handles:
@@ -125,6 +138,28 @@ def load_resume_state(path: Path, device: str) -> dict:
                          "Delete it to restart stage 2.") from None
 
 
+def start_from(model, lora: LanguageLoRA | None, source: Path, log: StageLog) -> None:
+    """--vision-init: LoRA factors from another build's weights (the language side's skills: reading
+    image embeddings, answering in one word or at length), and its projector when its tower has the
+    same image-token setting (a projector reads the tower's features, so another tower's is no start)."""
+    from safetensors.torch import load_file
+
+    from vispec_bench.models.testbed.model import image_tokens_of
+
+    path = source / "vision.safetensors"
+    if not path.exists():
+        raise FileNotFoundError(f"--vision-init {source}: no vision.safetensors there")
+    state = load_file(str(path))
+    if lora is not None:
+        lora.load_exported(state, path)
+    own = model.config.vision_config
+    same_tower = image_tokens_of(state, path) == (own.image_size // own.patch_size) ** 2
+    if same_tower:
+        model.load_state_dict({k: v.float() for k, v in state.items() if k.startswith("model.multi_modal_projector.")},
+                              strict=False)
+    log(stage="vision", init=str(source), lora=lora is not None, projector=same_tower)
+
+
 def cached_long_examples(model, processor, config: BuildConfig, work: Path, device: str, log: StageLog) -> list:
     """long_answer_examples, written once to WORK/long_examples.json (the base model writes them:
     they must be made before any LoRA hook is attached)."""
@@ -178,6 +213,8 @@ def train_vision(model, processor, config: BuildConfig, work: Path, device: str,
                                   state["best_lora"])
         log(stage="vision", resumed_at=start)
     else:
+        if config.vision_init:
+            start_from(model, lora, Path(config.vision_init), log)
         best = BestEvaluation.of(0, first_token_accuracy(model, test, eval_indices, device), model, lora)
         log(stage="vision", step=0, eval_accuracy=best.accuracy)
     order = list(range(len(train)))
@@ -187,7 +224,7 @@ def train_vision(model, processor, config: BuildConfig, work: Path, device: str,
     for step in bar:
         if best.accuracy >= config.vision_target:
             break
-        lr = config.vision_lr * min(1.0, (step + 1) / 20)
+        lr = config.vision_lr * lr_factor(step, 20, config.vision_steps)  # warm-up, then cosine to 10 %
         for group in optimizer.param_groups:
             group["lr"] = lr
         num_long = config.vision_batch // 4 if long_examples else 0  # 2 of 8: long-answer distillation

@@ -1,0 +1,137 @@
+"""The testbed's image-token settings (64 / 256 / 576 per image), drafts shipped for an ablation
+under its own name, and stage 2 of the build starting from another build's weights."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import easyvqa_samples, tiny_by_name
+from vispec_bench.engine.acceptance import SamplingConfig
+from vispec_bench.engine.adapter import make_adapter
+from vispec_bench.engine.decode import decode
+from vispec_bench.models.loading import load_model, shipped_drafts
+from vispec_bench.models.testbed import model as testbed_module
+
+
+def test_576_setting_gives_llava15s_image_token_count_and_decodes():
+    loaded = load_model("testbed-576-untrained", torch.float32, "cpu")
+    adapter = make_adapter(loaded.model, loaded.processor)
+    sample = easyvqa_samples(limit=1)[0]
+    prompt = adapter.build_prompt(sample.messages, sample.images)
+    (start, end), = prompt.image_spans
+    assert end - start == 576 == (96 // 4) ** 2
+    assert loaded.model.config.vision_config.image_size == 96 and loaded.processor.patch_size == 4
+    ar = decode(adapter, prompt, None, 6, SamplingConfig())
+    hf = loaded.model.generate(**prompt.model_inputs, max_new_tokens=6, do_sample=False)
+    assert ar.new_ids == hf[0, prompt.input_ids.shape[0]:].tolist()
+
+
+@pytest.mark.slow
+def test_weights_know_their_setting_and_refuse_another(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from vispec_bench.models.testbed.build.vision import save_vision_weights
+
+    model, _ = testbed_module.build_untrained_testbed(image_tokens=256)
+    save_vision_weights(model, {}, tmp_path / "vision.safetensors")
+    state = load_file(str(tmp_path / "vision.safetensors"))
+    assert testbed_module.image_tokens_of(state, tmp_path) == 256
+    built, processor, drafts = testbed_module.build_testbed(weights_dir=tmp_path)  # the setting is read off the weights
+    assert built.config.vision_config.patch_size == 4 and drafts == {}
+    with pytest.raises(testbed_module.TestbedError, match="256-image-token tower, not the 576-token setting"):
+        _shipped_as(tmp_path, 576)  # the package's 576 folder holding a 256-token tower
+    with pytest.raises(testbed_module.TestbedError, match="no 100-image-token setting"):
+        testbed_module.vision_config(100)
+    # a tower of 8 px patches with 256 positions is none of the settings
+    odd = dict(state)
+    kernel = next(k for k in odd if k.endswith("embeddings.patch_embedding.weight"))
+    odd[kernel] = torch.zeros(256, 3, 8, 8)
+    save_file(odd, str(tmp_path / "odd.safetensors"))
+    with pytest.raises(testbed_module.TestbedError, match="none of the testbed's settings"):
+        testbed_module.image_tokens_of(odd, tmp_path / "odd.safetensors")
+
+
+def _shipped_as(folder, image_tokens):
+    """build_testbed as if `folder` were the package's weights for `image_tokens`."""
+    original = testbed_module.shipped_weights_dir
+    testbed_module.shipped_weights_dir = lambda tokens=64: folder
+    try:
+        return testbed_module.build_testbed(image_tokens=image_tokens)
+    finally:
+        testbed_module.shipped_weights_dir = original
+
+
+def test_shipped_weights_folders_per_setting():
+    assert testbed_module.shipped_weights_dir(64) == testbed_module.WEIGHTS_DIR
+    assert testbed_module.shipped_weights_dir(576).name == "weights-576"
+
+
+def _fake_draft(root, folder, kind, options=None):
+    directory = root / folder
+    directory.mkdir(parents=True)
+    (directory / "draft_config.json").write_text(json.dumps({"method": kind, "options": options or {}}))
+    (directory / "draft.safetensors").write_bytes(b"")
+    return str(directory)
+
+
+def test_an_ablation_takes_the_draft_shipped_under_its_name_and_the_method_its_own(tmp_path):
+    from vispec_bench.plugins.method import make_method
+
+    own = _fake_draft(tmp_path, "vispec", "vispec")
+    ablation = _fake_draft(tmp_path, "vispec-noadaptor", "vispec", {"adaptor": False})
+    found = shipped_drafts(tmp_path)
+    assert found == {"vispec": own, "vispec-noadaptor": ablation}
+    chosen = {}
+    for name in ("vispec", "vispec-noadaptor", "vispec-noglobal"):
+        method = make_method(name, {})
+        method.resolve(found)
+        chosen[name] = method.resolved_draft["path"]
+    # vispec-noglobal has no draft of its own here: it falls back to its kind's, as before
+    assert chosen == {"vispec": own, "vispec-noadaptor": ablation, "vispec-noglobal": own}
+
+
+def test_lora_factors_round_trip_and_a_wrong_rank_is_refused(tmp_path):
+    import copy
+
+    from vispec_bench.models.testbed.build.vision import LanguageLoRA
+
+    loaded, _ = tiny_by_name("tiny-llava")
+    model = copy.deepcopy(loaded.model)
+    source = LanguageLoRA(model, rank=2)
+    with torch.no_grad():
+        for param in [*source.A.values(), *source.B.values()]:
+            param.normal_()
+    exported = source.export()
+    source.remove()
+    target = LanguageLoRA(model, rank=2)
+    target.load_exported(exported, tmp_path)
+    assert all(torch.equal(target.A[k], source.A[k]) and torch.equal(target.B[k], source.B[k]) for k in source.A)
+    target.remove()
+    with pytest.raises(ValueError, match="rank-4 LoRA factors.*--lora-rank"):
+        LanguageLoRA(model, rank=4).load_exported(exported, tmp_path)
+
+
+@pytest.mark.slow
+def test_vision_init_takes_the_projector_only_from_a_tower_of_the_same_setting(tmp_path):
+    from vispec_bench.models.testbed.build.vision import LanguageLoRA, save_vision_weights, start_from
+
+    source, _ = testbed_module.build_untrained_testbed(seed=1)
+    lora = LanguageLoRA(source, rank=2)
+    with torch.no_grad():
+        for param in lora.B.values():
+            param.normal_()
+    save_vision_weights(source, lora.export(), tmp_path / "vision.safetensors")
+    lora.remove()
+    projector = "model.multi_modal_projector.linear_1.weight"
+    logged = []
+    for tokens, takes_projector in ((64, True), (256, False)):
+        model, _ = testbed_module.build_untrained_testbed(seed=2, image_tokens=tokens)
+        before = model.state_dict()[projector].clone()
+        fresh = LanguageLoRA(model, rank=2)
+        start_from(model, fresh, tmp_path, lambda **entry: logged.append(entry))
+        expected = source.state_dict()[projector].to(torch.bfloat16).float() if takes_projector else before
+        assert torch.equal(model.state_dict()[projector], expected), tokens
+        assert all(torch.count_nonzero(b) for b in fresh.B.values())  # the LoRA factors came in both cases
+        fresh.remove()
+    assert [entry["projector"] for entry in logged] == [True, False]
