@@ -113,7 +113,7 @@ def test_lora_factors_round_trip_and_a_wrong_rank_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_vision_init_takes_the_projector_only_from_a_tower_of_the_same_setting(tmp_path):
+def test_vision_init_takes_tower_and_projector_only_from_the_same_setting(tmp_path):
     from vispec_bench.models.testbed.build.vision import LanguageLoRA, save_vision_weights, start_from
 
     source, _ = testbed_module.build_untrained_testbed(seed=1)
@@ -124,14 +124,16 @@ def test_vision_init_takes_the_projector_only_from_a_tower_of_the_same_setting(t
     save_vision_weights(source, lora.export(), tmp_path / "vision.safetensors")
     lora.remove()
     projector = "model.multi_modal_projector.linear_1.weight"
+    tower = next(k for k in source.state_dict() if k.endswith("encoder.layers.0.mlp.fc1.weight"))
     logged = []
-    for tokens, takes_projector in ((64, True), (256, False)):
+    for tokens, same in ((64, True), (256, False)):
         model, _ = testbed_module.build_untrained_testbed(seed=2, image_tokens=tokens)
-        before = model.state_dict()[projector].clone()
+        before = {k: model.state_dict()[k].clone() for k in (projector, tower)}
         fresh = LanguageLoRA(model, rank=2)
         start_from(model, fresh, tmp_path, lambda **entry: logged.append(entry))
-        expected = source.state_dict()[projector].to(torch.bfloat16).float() if takes_projector else before
-        assert torch.equal(model.state_dict()[projector], expected), tokens
+        for key in (projector, tower):
+            expected = source.state_dict()[key].to(torch.bfloat16).float() if same else before[key]
+            assert torch.equal(model.state_dict()[key], expected), (tokens, key)
         assert all(torch.count_nonzero(b) for b in fresh.B.values())  # the LoRA factors came in both cases
         fresh.remove()
-    assert [entry["projector"] for entry in logged] == [True, False]
+    assert [entry["tower_and_projector"] for entry in logged] == [True, False]

@@ -202,7 +202,7 @@ class BuildConfig(MachineSettings):
                                               "LoRA)", flag="--train-tower")
     lora_rank: int = setting(8, "LoRA rank on the language model's q/v projections in stage 2 (0 = frozen)")
     vision_init: str = setting("", "stage 2 starts from this testbed weights folder: its LoRA factors, and its "
-                                   "projector too when its tower has this build's image-token setting")
+                                   "tower + projector too when they have this build's image-token setting")
     vision_long_examples: int = setting(320, "long-answer targets written by the base SmolLM2 (0 = short only)")
     eval_every: int = setting(100, "stage 2 steps between evaluations")
     eval_questions: int = setting(256, "held-out questions per evaluation")

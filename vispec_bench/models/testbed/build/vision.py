@@ -140,8 +140,9 @@ def load_resume_state(path: Path, device: str) -> dict:
 
 def start_from(model, lora: LanguageLoRA | None, source: Path, log: StageLog) -> None:
     """--vision-init: LoRA factors from another build's weights (the language side's skills: reading
-    image embeddings, answering in one word or at length), and its projector when its tower has the
-    same image-token setting (a projector reads the tower's features, so another tower's is no start)."""
+    image embeddings, answering in one word or at length), and its tower + projector when its tower
+    has the same image-token setting (continuing that build; a projector only fits the tower it was
+    trained on, so with another setting both stay this build's own)."""
     from safetensors.torch import load_file
 
     from vispec_bench.models.testbed.model import image_tokens_of
@@ -155,9 +156,8 @@ def start_from(model, lora: LanguageLoRA | None, source: Path, log: StageLog) ->
     own = model.config.vision_config
     same_tower = image_tokens_of(state, path) == (own.image_size // own.patch_size) ** 2
     if same_tower:
-        model.load_state_dict({k: v.float() for k, v in state.items() if k.startswith("model.multi_modal_projector.")},
-                              strict=False)
-    log(stage="vision", init=str(source), lora=lora is not None, projector=same_tower)
+        model.load_state_dict({k: v.float() for k, v in state.items() if k.startswith(TRAINABLE)}, strict=False)
+    log(stage="vision", init=str(source), lora=lora is not None, tower_and_projector=same_tower)
 
 
 def cached_long_examples(model, processor, config: BuildConfig, work: Path, device: str, log: StageLog) -> list:
