@@ -5,7 +5,8 @@
 X and Y are compared on the same samples and repeats of the run (paired): the figure is the
 per-token decode throughput ratio (Σ tokens_X / Σ t_X) / (Σ tokens_Y / Σ t_Y), with its 95 %
 bootstrap interval over samples (the run's repeats of a sample stay together) for the first n
-samples, n = 4, 8, 16, ... up to all of them (pairing and interval: vispec_bench/results/differences.py). A claim holds at n when the interval excludes 1.
+samples, n = 4, 8, 16, ... up to all of them (the pairing: vispec_bench/results/differences.py).
+A claim holds at n when the interval excludes 1.
 The half-width shrinks as 1/√n, so the last row extrapolates the n at which the interval's
 half-width falls below --margin (the smallest relative difference the claim should resolve).
 """

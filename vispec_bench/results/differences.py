@@ -42,8 +42,8 @@ def paired_per_sample(records: list[dict], x: str, y: str, engine: str | None = 
     engines = sorted({record_engine(r) for r in records if r["method"] in (x, y)})
     if engine is None:
         if len(engines) > 1:
-            raise InputError(f"{x} and {y} ran on several engines ({', '.join(engines)}); expected one engine "
-                             "to compare them on: name it")
+            raise InputError(f"{x} and {y} ran on several engines ({', '.join(engines)}); expected the one to "
+                             "compare them on (reports/samples_needed.py: --engine)")
         engine = engines[0] if engines else "eager"
     by_key: dict[tuple, dict] = {}
     for record in records:
@@ -66,7 +66,9 @@ def _ratio(numerator: float, denominator: float) -> float:
 
 
 def throughput_ratio(s: dict[str, np.ndarray]) -> float:
-    return _ratio(_ratio(s["tokens_x"].sum(), s["decode_s_x"].sum()), _ratio(s["tokens_y"].sum(), s["decode_s_y"].sum()))
+    """(Σ tokens_X / Σ t_X) / (Σ tokens_Y / Σ t_Y) from paired_per_sample's sums."""
+    per_token_x = _ratio(s["tokens_x"].sum(), s["decode_s_x"].sum())
+    return _ratio(per_token_x, _ratio(s["tokens_y"].sum(), s["decode_s_y"].sum()))
 
 
 def _verdict(name: str, ci: list[float] | None, null: float, x: str, n: int) -> str:
