@@ -130,8 +130,13 @@ def draft_cost_fields(records: list[dict]) -> dict:
             "draft_kv_mib": mean("kv_bytes", 2 ** 20), "draft_compression": " ".join(names) or None}
 
 
-def _decode_tokens(record: dict) -> int:
+def decode_tokens(record: dict) -> int:
     return record["num_new_tokens"] - 1  # the first token comes out of prefill
+
+
+def emitted_and_rounds(record: dict) -> tuple[int, int]:
+    """τ's numerator and denominator in one record: tokens emitted over its rounds, and its rounds."""
+    return sum(record["accepted_lengths"]), len(record["accepted_lengths"])
 
 
 def _per_sample(pairs: list[tuple[dict, dict]]) -> dict[str, np.ndarray]:
@@ -140,11 +145,11 @@ def _per_sample(pairs: list[tuple[dict, dict]]) -> dict[str, np.ndarray]:
     for pair in pairs:
         by_sample[pair[1]["sample_id"]].append(pair)
     fields = {
-        "tok_m": lambda a, r: _decode_tokens(r), "t_m": lambda a, r: r["decode_s"],
-        "tok_ar": lambda a, r: _decode_tokens(a), "t_ar": lambda a, r: a["decode_s"],
+        "tok_m": lambda a, r: decode_tokens(r), "t_m": lambda a, r: r["decode_s"],
+        "tok_ar": lambda a, r: decode_tokens(a), "t_ar": lambda a, r: a["decode_s"],
         "e2e_tok_m": lambda a, r: r["num_new_tokens"], "e2e_t_m": lambda a, r: r["prefill_s"] + r["decode_s"],
         "e2e_tok_ar": lambda a, r: a["num_new_tokens"], "e2e_t_ar": lambda a, r: a["prefill_s"] + a["decode_s"],
-        "emitted": lambda a, r: sum(r["accepted_lengths"]), "rounds": lambda a, r: len(r["accepted_lengths"]),
+        "emitted": lambda a, r: emitted_and_rounds(r)[0], "rounds": lambda a, r: emitted_and_rounds(r)[1],
     }
     return {name: np.array([sum(get(a, r) for a, r in group) for group in by_sample.values()], dtype=float)
             for name, get in fields.items()}

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from vispec_bench.errors import MissingInputError
-from vispec_bench.results import by_engine, engine_plots, metrics
+from vispec_bench.results import by_engine, differences, engine_plots, image_tokens_plot, metrics
 from vispec_bench.results.columns import COLUMNS, csv_fields, csv_value, definitions, format_cell
 from vispec_bench.results.records import MANIFEST, RunStore, write_json_atomic
 
@@ -56,9 +56,14 @@ def find_runs(paths: list[str], runs_root: str = "runs") -> list[Path]:
 
 
 def load_run(run_dir: Path) -> tuple[dict, dict]:
+    """(manifest, summary); the summary also holds the run's method differences against eagle2
+    and each method's image tokens per image (vispec_bench/results/differences.py, image_tokens_plot.py)."""
     store = RunStore(run_dir)
     manifest = store.manifest()
-    return manifest, metrics.summarize(store.records(), manifest)
+    records = store.records()
+    return manifest, metrics.summarize(records, manifest) | {
+        "differences": differences.run_differences(records, manifest),
+        "image_tokens_per_image": image_tokens_plot.image_tokens_per_image(records)}
 
 
 def summary_rows(runs: list[tuple[dict, dict]]) -> list[dict]:
@@ -298,6 +303,10 @@ def write_report(run_dirs: list[Path], out: Path) -> Path:
     pd.DataFrame([{k: csv_value(k, r[k]) for k in fields} for r in rows], columns=fields).to_csv(
         out / "summary.csv", index=False)
     plots = make_plots(rows, out)
+    plots += image_tokens_plot.draw(runs, out)
+    method_differences = [d for _, summary in runs for d in summary["differences"]]
+    if method_differences:
+        differences.write_csv(method_differences, out / "differences.csv")
     generated = time.strftime("%Y-%m-%d %H:%M:%S %Z")
 
     header = [column.label for column in TABLE]
@@ -307,6 +316,7 @@ def write_report(run_dirs: list[Path], out: Path) -> Path:
           f"report {out}/runs --out {out}`. Brackets: 95 % bootstrap interval over samples.", "",
           "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     md += ["| " + " | ".join(cells) + " |" for cells in body]
+    md += differences.markdown_section(method_differences)
     per_device = per_device_lines(rows)
     if per_device:
         md += ["", "## Per-device figures (runs sharded over different devices)", ""] + per_device
@@ -326,9 +336,16 @@ def write_report(run_dirs: list[Path], out: Path) -> Path:
         return base64.b64encode((out / name).read_bytes()).decode()
 
     esc = html.escape
-    table = ("<table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead><tbody>"
-             + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>" for cells in body)
-             + "</tbody></table>")
+
+    def html_table(header, body):
+        return ("<table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead><tbody>"
+                + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>" for cells in body)
+                + "</tbody></table>")
+
+    table = html_table(header, body)
+    if method_differences:
+        table += (f"<h2>Method differences</h2><p>{esc(differences.INTRO)}</p>"
+                  + html_table(differences.HEADER, differences.table_cells(method_differences)))
     figures = "".join(f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{embed(name)}">'
                       f"<figcaption>{esc(caption)}</figcaption></figure>" for name, caption in plots)
     environments = "".join(f"<li>{esc(line)}</li>" for m, _ in runs for line in _environment_lines(m))

@@ -46,6 +46,16 @@ def ratio_ci(numerator: np.ndarray, denominator: np.ndarray) -> list[float] | No
         return interval(sums[:, 0] / sums[:, 1])
 
 
+def ratio_difference_ci(numerator_x, denominator_x, numerator_y, denominator_y) -> list[float] | None:
+    """CI of Σ numerator_x / Σ denominator_x − Σ numerator_y / Σ denominator_y, paired: one
+    resample of the samples draws X's and Y's sums together (rows are samples)."""
+    if len(numerator_x) < 2:
+        return None
+    sums = resampled_sums(np.stack([numerator_x, denominator_x, numerator_y, denominator_y], axis=1).astype(float))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return interval(sums[:, 0] / sums[:, 1] - sums[:, 2] / sums[:, 3])
+
+
 def throughput_ratio_ci(tokens_m, time_m, tokens_ar, time_ar) -> list[float] | None:
     """CI of (Σ tokens_m / Σ time_m) / (Σ tokens_ar / Σ time_ar): the per-token speedup."""
     if len(tokens_m) < 2:

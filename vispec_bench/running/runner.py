@@ -26,6 +26,7 @@ from vispec_bench.running import environment
 from vispec_bench.engine.acceptance import SamplingConfig
 from vispec_bench.engine.adapter import make_adapter
 from vispec_bench.engine.engines import Engine
+from vispec_bench.engine.split_image_adapter import SplitImageAdapter
 from vispec_bench.running.distributed import init_from_environment, rank_device
 from vispec_bench.running.referee import Float32Referee
 from vispec_bench.engine.decode import decode
@@ -43,6 +44,19 @@ from vispec_bench.plugins.suite import make_suite, sample_ids_hash
 # differently shaped matmuls (docs/metrics.md, "Output equivalence"), counted and reported as such.
 # bf16/fp16 divergences are judged by the float32 referee (vispec_bench/running/referee.py).
 NUMERICAL_TIE_MARGIN = 1e-4
+
+
+def image_tokens_per_image(adapter, prompt) -> list[int]:
+    """A record's `image_tokens`: the image tokens of each image in the prompt, its span's length,
+    or, where the processor splits an image into sub-images, the sum over its runs."""
+    lengths = [end - start for start, end in prompt.image_spans]
+    if not isinstance(adapter, SplitImageAdapter):
+        return lengths
+    per_image, first = [], 0
+    for runs in adapter.runs_per_image(prompt.input_ids, prompt.image_spans):
+        per_image.append(sum(lengths[first:first + runs]))
+        first += runs
+    return per_image
 
 
 def command_line() -> str:
@@ -272,6 +286,7 @@ class Runner:
             "device": self.device_name,
             "prompt_tokens": int(prompt.input_ids.shape[0]),
             "num_images": prompt.num_images,
+            "image_tokens": image_tokens_per_image(adapter, prompt),
             "new_ids": result.new_ids,
             "num_new_tokens": len(result.new_ids),
             "stop_reason": result.stop_reason,
