@@ -3,6 +3,7 @@ they can never serve another row's, target's or capture setting's features."""
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -126,6 +127,23 @@ def test_a_truncated_feature_file_is_named_recomputed_and_rewritten(tmp_path, da
     assert any(str(damaged) in m and "recomputing" in m for m in messages), messages
     load_file(str(damaged))  # whole again
     _assert_equal_bits(load_file(str(tmp_path / "again" / "draft.safetensors")), reference)
+
+
+def test_an_interrupted_write_leaves_no_row_file(tmp_path, datasets_dir, monkeypatch):
+    """A run killed while writing a row (here: the disk fills half-way) must not leave a file a
+    later run would read as that row's features."""
+    import safetensors.torch
+
+    def half_written(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"\0" * 100)
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", half_written)
+    features = tmp_path / "features"
+    with pytest.raises(OSError, match="No space left"):
+        _train(datasets_dir / "cap10", tmp_path / "a", steps=1, feature_dir=str(features))
+    [folder] = _folders(features)
+    assert sorted(p.name for p in folder.iterdir()) == [SIGNATURE]
 
 
 def test_an_edited_signature_is_refused_with_the_folder_to_remove(tmp_path, datasets_dir):
