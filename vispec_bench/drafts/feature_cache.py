@@ -53,7 +53,7 @@ def weights_sha256(model: torch.nn.Module) -> str:
         tensor = named[name].detach()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         data = tensor.contiguous().reshape(-1).view(torch.uint8).cpu()  # raw bytes, whatever the dtype
-        digest.update(data.numpy().tobytes())
+        digest.update(data.numpy())  # hashed in place, no copy
     return digest.hexdigest()
 
 
