@@ -10,23 +10,23 @@ import torch
 from safetensors.torch import load_file
 
 import vispec_bench.drafts.training as training_module
-from vispec_bench.drafts.datagen import GenDataConfig, generate_data
+from vispec_bench.drafts.datagen import GenDataConfig, generate_data, load_training_rows
 from vispec_bench.drafts.feature_cache import SIGNATURE
 from vispec_bench.drafts.training import TrainConfig, train
 from vispec_bench.errors import InputError
 
 NUM_ROWS = 4  # 3 training rows + 1 held out
-QUIET = dict(progress=False, log=lambda m: None)
 
 
 @pytest.fixture(scope="module")
 def datasets_dir(tmp_path_factory):
-    """Two gen-data outputs on the same prompts: answers capped at 10 and at 6 tokens (so the
-    second's rows have the same sample ids and images but other answer ids)."""
+    """Two training sets on the same prompts: gen-data's answers (cap10) and the same rows with
+    each answer cut to 6 tokens (cap6: the same sample ids and images, other answer ids)."""
     root = tmp_path_factory.mktemp("gen")
-    for cap in (10, 6):
-        generate_data(GenDataConfig(model="tiny-llava", limit=NUM_ROWS, max_new_tokens=cap, dtype="float32",
-                                    device="cpu"), root / f"cap{cap}", progress=False)
+    generate_data(GenDataConfig(model="tiny-llava", limit=NUM_ROWS, max_new_tokens=10, dtype="float32",
+                                device="cpu"), root / "cap10", progress=False)
+    shorter = load_training_rows(root / "cap10").map(lambda row: {"answer_ids": row["answer_ids"][:6]})
+    shorter.save_to_disk(str(root / "cap6" / "dataset"))
     return root
 
 
@@ -44,10 +44,10 @@ def computed(monkeypatch):
     return calls
 
 
-def _train(data, out, method="eagle2", steps=6, **settings) -> dict[str, torch.Tensor]:
+def _train(data, out, method="eagle2", steps=6, log=lambda m: None, **settings) -> dict[str, torch.Tensor]:
     train(TrainConfig(method=method, model="tiny-llava", data=str(data), out=str(out), steps=steps, lr=3e-3,
                       warmup_steps=2, eval_every=3, save_every=steps, dtype="float32", device="cpu", **settings),
-          **QUIET)
+          progress=False, log=log)
     return load_file(str(out / "draft.safetensors"))
 
 
@@ -87,18 +87,21 @@ def test_second_run_reads_every_row_from_the_feature_dir_and_trains_bit_identica
 
 def test_other_answers_targets_and_captured_layers_do_not_reuse_each_others_features(tmp_path, datasets_dir,
                                                                                      computed):
-    features = tmp_path / "features"
+    features, messages = tmp_path / "features", []
     _train(datasets_dir / "cap10", tmp_path / "a", steps=3, feature_dir=str(features))
     assert len(computed) == NUM_ROWS
     computed.clear()
-    _train(datasets_dir / "cap6", tmp_path / "b", steps=3, feature_dir=str(features))  # same prompts, shorter answers
-    assert len(computed) == NUM_ROWS
+    _train(datasets_dir / "cap6", tmp_path / "b", steps=3, feature_dir=str(features), log=messages.append)
+    assert len(computed) == NUM_ROWS  # same prompts, shorter answers: other rows, not files found wanting
+    assert not [m for m in messages if "recomputing" in m], messages
     computed.clear()
     _train(datasets_dir / "cap10", tmp_path / "c", steps=3, feature_dir=str(features), seed=1)  # other target weights
     assert len(computed) == NUM_ROWS
     computed.clear()
-    _train(datasets_dir / "cap10", tmp_path / "d", method="eagle3", steps=3, feature_dir=str(features))
+    _train(datasets_dir / "cap10", tmp_path / "d", method="eagle3", steps=3, feature_dir=str(features),
+           log=messages.append)
     assert len(computed) == NUM_ROWS  # EAGLE-3 captures decoder-layer inputs: features of its own
+    assert not [m for m in messages if "recomputing" in m], messages
     computed.clear()
     copy = tmp_path / "copy-of-cap10"
     shutil.copytree(datasets_dir / "cap10", copy)
