@@ -43,6 +43,7 @@ from vispec_bench.errors import ExistingOutputError, InputError, MissingInputErr
 from vispec_bench.engine.adapter import make_adapter
 from vispec_bench.drafts.checkpoints import check_target, load_draft, save_draft
 from vispec_bench.drafts.datagen import load_training_rows
+from vispec_bench.drafts.feature_cache import FeatureDir, row_key
 from vispec_bench.drafts.online import OnlineAnswers, TrainingAnswers, data_prompts, suite_prompts
 from vispec_bench.drafts.resume_state import load_state, restore_rng_state, rng_state, save_state
 from vispec_bench.drafts.vocab import BUFFER, set_token_map, token_map_of
@@ -112,10 +113,11 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
 
 
 class FeatureSource:
-    """Offline: teacher features of gen-data's stored answers, cached up to a memory budget."""
+    """Offline: teacher features of gen-data's stored answers, cached up to a memory budget and,
+    with `feature_dir` (a drafts.feature_cache.FeatureDir), read from and written to disk."""
 
-    def __init__(self, adapter, dataset, budget_mb: int):
-        self.adapter, self.dataset = adapter, dataset
+    def __init__(self, adapter, dataset, budget_mb: int, feature_dir=None):
+        self.adapter, self.dataset, self.feature_dir = adapter, dataset, feature_dir
         self.cache: dict[int, TeacherFeatures] = {}
         self.budget_bytes, self.used_bytes = budget_mb * 2 ** 20, 0
 
@@ -123,14 +125,24 @@ class FeatureSource:
         if index in self.cache:
             return self.cache[index]
         row = self.dataset[index]
-        features = teacher_features(self.adapter, json.loads(row["messages"]),
-                                    [image.convert("RGB") for image in row["images"]], row["answer_ids"])
+        images = [image.convert("RGB") for image in row["images"]]
+        features = self._from_disk(row, images)
+        if features is None:
+            features = teacher_features(self.adapter, json.loads(row["messages"]), images, row["answer_ids"])
+            if self.feature_dir is not None:
+                self.feature_dir.store(row_key(row["messages"], images, row["answer_ids"]), features)
         size = (features.hidden.numel() * 2 + (0 if features.layer_features is None
                                                 else features.layer_features.numel())) * 4
         if self.used_bytes + size <= self.budget_bytes:
             self.cache[index] = features
             self.used_bytes += size
         return features
+
+    def _from_disk(self, row, images) -> TeacherFeatures | None:
+        if self.feature_dir is None:
+            return None
+        fields = self.feature_dir.load(row_key(row["messages"], images, row["answer_ids"]), row["answer_ids"])
+        return None if fields is None else TeacherFeatures(**fields)
 
 
 class OnlineFeatureSource:
@@ -222,7 +234,10 @@ def train(config: TrainConfig, progress: bool = True, log=print, model_loader=No
         answer_rows = TrainingAnswers(answers, my_rows, world)  # generated only if fit_to_data reads them
     else:
         answers = None
-        source = FeatureSource(adapter, dataset, config.feature_cache_mb)
+        feature_dir = FeatureDir(config.feature_dir, adapter, log) if config.feature_dir else None
+        if feature_dir is not None and is_main:
+            log(f"teacher features on disk: {feature_dir}")
+        source = FeatureSource(adapter, dataset, config.feature_cache_mb, feature_dir)
         answer_rows = dataset["answer_ids"]
     if not config.resume and token_map_of(draft) is None:
         method.fit_to_data(draft, answer_rows, adapter)  # e.g. the reduced draft vocabulary

@@ -126,6 +126,10 @@ class TrainConfig(TargetSettings):
     resume: bool = setting(False, "continue the checkpoint in --out")
     feature_cache_mb: int = setting(2048, "offline only: keep teacher features of this many MB in memory across "
                                           "epochs (--online recomputes them at every step)")
+    feature_dir: str = setting("", metavar="DIR", help="offline only: keep teacher features on disk in DIR, shared "
+                                                      "by every train run on the same rows and target (a sub-folder "
+                                                      "per target and captured layers); a row found there is not "
+                                                      "recomputed")
 
     def total_steps(self, steps_per_epoch: int) -> int:
         """--steps, or --epochs x steps_per_epoch; 300 when neither is given (check() refuses both)."""
@@ -168,6 +172,10 @@ class TrainConfig(TargetSettings):
                 raise InputError("train needs --data DIR (a gen-data output), or --online with --data DIR or "
                                  "--suite NAME as the prompt source")
             return
+        if self.feature_dir:
+            raise InputError(f"--feature-dir {self.feature_dir} caches the teacher features of stored answers "
+                             "(offline training); --online recomputes them at every step by design: drop one of "
+                             "the two")
         if (self.data is None) == (self.suite is None):
             raise InputError("--online needs exactly one prompt source: --data DIR (a gen-data output; its answers "
                              "are not read) or --suite NAME" + ("" if self.data is None else
