@@ -137,3 +137,19 @@ def test_vision_init_takes_tower_and_projector_only_from_the_same_setting(tmp_pa
         assert all(torch.count_nonzero(b) for b in fresh.B.values())  # the LoRA factors came in both cases
         fresh.remove()
     assert [entry["tower_and_projector"] for entry in logged] == [True, False]
+
+
+def test_balanced_order_lets_each_question_group_take_turns_and_visits_every_question():
+    from collections import Counter
+
+    from vispec_bench.models.testbed.build.vision_examples import balanced_order, question_group
+
+    questions = ["is there a circle?"] * 60 + ["is there a red shape?"] * 10 + ["what shape is it?"] * 30
+    answers = ["no"] * 50 + ["yes"] * 10 + ["yes"] * 5 + ["no"] * 5 + ["circle"] * 30
+    order = balanced_order(questions, answers, seed=0)
+    assert len(order) == len(questions)
+    groups = [question_group(questions[i], answers[i]) for i in order]
+    assert groups[:5] == sorted({"open", "shape yes", "shape no", "colour yes", "colour no"})  # turns, in name order
+    assert set(Counter(groups).values()) == {20}  # 5 groups, 100 draws: each group a fifth, whatever its size
+    assert set(order[:50]) >= set(range(50, 60))  # the rare "shape yes" questions all come up early
+    assert balanced_order(questions, answers, seed=0) == order != balanced_order(questions, answers, seed=1)

@@ -209,6 +209,9 @@ class BuildConfig(MachineSettings):
     vision_train_tower: bool = setting(False, "stage 2 also trains the vision tower (default: only projector + "
                                               "LoRA)", flag="--train-tower")
     lora_rank: int = setting(8, "LoRA rank on the language model's q/v projections in stage 2 (0 = frozen)")
+    vision_balance: bool = setting(True, "stage 2 draws its short-answer questions with the groups open / yes-no "
+                                         "shape / yes-no colour x yes / no taking turns (off: uniformly)",
+                                   flag="--no-vision-balance")
     vision_init: str = setting("", "stage 2 starts from this testbed weights folder: its LoRA factors, and its "
                                    "tower + projector too when they have this build's image-token setting")
     vision_long_examples: int = setting(320, "long-answer targets written by the base SmolLM2 (0 = short only)")

@@ -22,7 +22,7 @@ from vispec_bench.running.config import BuildConfig
 
 STAGE_SETTINGS = {"pretrain": ("seed", "image_tokens", "pretrain_steps", "pretrain_batch"),
                   "vision": ("vision_steps", "vision_batch", "vision_lr", "vision_target", "vision_train_tower",
-                             "lora_rank", "vision_init", "vision_long_examples", "eval_every", "eval_questions"),
+                             "lora_rank", "vision_balance", "vision_init", "vision_long_examples", "eval_every", "eval_questions"),
                   "data": ("data_samples", "data_max_new_tokens"),
                   **{f"draft-{stage.name}": ("draft_vocab", "draft_steps") for stage in DRAFT_STAGES}}
 

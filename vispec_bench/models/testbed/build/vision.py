@@ -15,7 +15,7 @@ from torch import nn
 
 from vispec_bench.drafts.training import lr_factor
 from vispec_bench.models.testbed.build.common import TRAINABLE, StageLog
-from vispec_bench.models.testbed.build.vision_examples import ShortAnswerExamples, long_answer_examples
+from vispec_bench.models.testbed.build.vision_examples import ShortAnswerExamples, balanced_order, long_answer_examples
 from vispec_bench.models.testbed.model import LORA_TARGETS, lora_key
 from vispec_bench.running.config import BuildConfig
 
@@ -217,8 +217,11 @@ def train_vision(model, processor, config: BuildConfig, work: Path, device: str,
             start_from(model, lora, Path(config.vision_init), log)
         best = BestEvaluation.of(0, first_token_accuracy(model, test, eval_indices, device), model, lora)
         log(stage="vision", step=0, eval_accuracy=best.accuracy)
-    order = list(range(len(train)))
-    random.Random(config.seed + 1).shuffle(order)
+    if config.vision_balance:
+        order = balanced_order(train.suite.questions, train.suite.answers, config.seed + 1)
+    else:
+        order = list(range(len(train)))
+        random.Random(config.seed + 1).shuffle(order)
     bar = tqdm(range(start, config.vision_steps), desc="testbed vision", initial=start, total=config.vision_steps)
     started = time.time()
     for step in bar:
