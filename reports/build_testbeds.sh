@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Build the testbed's two image-token settings (issue 17: testbed v2) from their seeds, resumably:
+# re-running continues where a stage stopped, finished stages are skipped. Hours on a 2-core CPU
+# (reports/build_cost.py measures a step of each stage per setting), minutes on a GPU (DEVICE=cuda).
+#
+#   reports/build_testbeds.sh 576      # --model testbed-576: its own tower (pretrained from scratch),
+#                                      # projector and drafts; LoRA factors start from the 64 build's
+#   reports/build_testbeds.sh 64       # --model testbed: stage 2 continues the shipped tower, projector
+#                                      # and LoRA with the balanced question draw, then the drafts
+#   reports/build_testbeds.sh install  # both work directories' weights into the package
+#
+# Work directories: $WORK/build<N> (default /work/build<N>). Run it alone: stage times are recorded.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORK=${WORK:-/work}
+DEVICE=${DEVICE:-cpu}
+COMMON=(--device "$DEVICE" --seed 0 --no-install)
+
+build_576() {
+  python -m vispec_bench testbed build --image-tokens 576 --work "$WORK/build576" "${COMMON[@]}" \
+    --pretrain-steps 300 --pretrain-batch 32 \
+    --vision-init vispec_bench/models/testbed/weights --vision-steps 200 --eval-every 50 --eval-questions 128
+}
+
+build_64() {
+  # --pretrain-steps 0: the tower comes from the shipped weights (--vision-init, same setting)
+  python -m vispec_bench testbed build --image-tokens 64 --work "$WORK/build64" "${COMMON[@]}" \
+    --pretrain-steps 0 --vision-init vispec_bench/models/testbed/weights --vision-steps 300 --eval-every 50
+}
+
+install_both() {
+  python - "$WORK" <<'PY'
+import json, sys
+from pathlib import Path
+
+from vispec_bench.models.testbed.build import install
+from vispec_bench.running.config import BuildConfig
+
+for tokens in (576, 64):
+    work = Path(sys.argv[1]) / f"build{tokens}"
+    stored = json.loads((work / "build_config.json").read_text())
+    config = BuildConfig(**{k: v for k, v in stored.items() if k in BuildConfig.__dataclass_fields__})
+    print(install(config, work, config.device, f"reports/build_testbeds.sh {tokens}"))
+PY
+}
+
+case "${1:-}" in
+  576) build_576 ;;
+  64) build_64 ;;
+  install) install_both ;;
+  *) echo "usage: $0 576|64|install" >&2; exit 2 ;;
+esac
