@@ -11,20 +11,17 @@ the plain one, so a model that reads the image but not the negation fails only t
 from __future__ import annotations
 
 import argparse
-import re
 from collections import Counter
 
+from suites.easyvqa import yes_no_subject
 from vispec_bench.results.records import RunStore
-
-SHAPES = ("circle", "rectangle", "triangle")
-NEGATION = re.compile(r"\b(not|no)\b")
 
 
 def question_type(question: str, reference: str) -> str:
     if reference not in ("yes", "no"):
         return "open"
-    about = "shape" if any(shape in question for shape in SHAPES) else "colour"
-    return f"yes/no {about}, {'negated' if NEGATION.search(question) else 'plain'}"
+    about, negated = yes_no_subject(question)
+    return f"yes/no {about}, {'negated' if negated else 'plain'}"
 
 
 def main() -> None:

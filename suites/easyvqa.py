@@ -76,6 +76,13 @@ SHAPES = ("circle", "rectangle", "triangle")
 COLORS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
 
 
+def yes_no_subject(question: str) -> tuple[str, bool]:
+    """What a yes/no question asks about ("shape" when it names one, else "colour") and whether it is
+    negated ("is there not a red shape?", "is no circle present?")."""
+    words = re.findall(r"[a-z]+", question.lower())
+    return ("shape" if any(word in SHAPES for word in words) else "colour"), ("not" in words or "no" in words)
+
+
 def question_facts(question: str, answer: str) -> dict[str, str]:
     """What one question and its answer say about the image: {"shape": ..., "color": ...} (either may be absent).
 
@@ -85,8 +92,7 @@ def question_facts(question: str, answer: str) -> dict[str, str]:
     words = re.findall(r"[a-z]+", question.lower())
     facts: dict[str, str] = {}
     if answer in ("yes", "no"):
-        negated = "not" in words or "no" in words
-        if (answer == "yes") != negated:  # the named attribute is present
+        if (answer == "yes") != yes_no_subject(question)[1]:  # not negated: the named attribute is present  # the named attribute is present
             for word in words:
                 if word in SHAPES:
                     facts["shape"] = word

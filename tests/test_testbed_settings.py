@@ -28,7 +28,7 @@ def test_576_setting_gives_llava15s_image_token_count_and_decodes():
 
 
 @pytest.mark.slow
-def test_weights_know_their_setting_and_refuse_another(tmp_path):
+def test_weights_know_their_setting_and_refuse_another(tmp_path, monkeypatch):
     from safetensors.torch import load_file, save_file
 
     from vispec_bench.models.testbed.build.vision import save_vision_weights
@@ -39,8 +39,10 @@ def test_weights_know_their_setting_and_refuse_another(tmp_path):
     assert testbed_module.image_tokens_of(state, tmp_path) == 256
     built, processor, drafts = testbed_module.build_testbed(weights_dir=tmp_path)  # the setting is read off the weights
     assert built.config.vision_config.patch_size == 4 and drafts == {}
+    monkeypatch.setattr(testbed_module, "shipped_weights_dir", lambda tokens=64: tmp_path)
     with pytest.raises(testbed_module.TestbedError, match="256-image-token tower, not the 576-token setting"):
-        _shipped_as(tmp_path, 576)  # the package's 576 folder holding a 256-token tower
+        testbed_module.build_testbed(image_tokens=576)  # the package's 576 folder holding a 256-token tower
+    monkeypatch.undo()
     with pytest.raises(testbed_module.TestbedError, match="no 100-image-token setting"):
         testbed_module.vision_config(100)
     # a tower of 8 px patches with 256 positions is none of the settings
@@ -50,16 +52,6 @@ def test_weights_know_their_setting_and_refuse_another(tmp_path):
     save_file(odd, str(tmp_path / "odd.safetensors"))
     with pytest.raises(testbed_module.TestbedError, match="none of the testbed's settings"):
         testbed_module.image_tokens_of(odd, tmp_path / "odd.safetensors")
-
-
-def _shipped_as(folder, image_tokens):
-    """build_testbed as if `folder` were the package's weights for `image_tokens`."""
-    original = testbed_module.shipped_weights_dir
-    testbed_module.shipped_weights_dir = lambda tokens=64: folder
-    try:
-        return testbed_module.build_testbed(image_tokens=image_tokens)
-    finally:
-        testbed_module.shipped_weights_dir = original
 
 
 def test_shipped_weights_folders_per_setting():

@@ -166,6 +166,11 @@ class TargetAdapter:
                 "placeholders the model recognises, so the model would never see the image")
         return self._image_spans(image_mask, num_images)
 
+    def runs_per_image(self, input_ids: torch.Tensor, image_spans: list[tuple[int, int]]) -> list[int]:
+        """How many of `image_spans` (as check_image_tokens returned them) each image has: one here;
+        adapters whose processor splits an image into sub-images say otherwise."""
+        return [1] * len(image_spans)
+
     def _image_spans(self, image_mask: torch.Tensor, num_images: int) -> list[tuple[int, int]]:
         spans = _contiguous_spans(image_mask.cpu())
         if len(spans) != num_images:

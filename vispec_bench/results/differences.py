@@ -22,7 +22,7 @@ import numpy as np
 
 from vispec_bench.errors import InputError
 from vispec_bench.results import by_engine, uncertainty
-from vispec_bench.results.metrics import decode_tokens, emitted_and_rounds
+from vispec_bench.results.metrics import decode_tokens, emitted_and_rounds, ratio
 from vispec_bench.results.records import record_engine
 
 REFERENCE = "eagle2"  # the report pairs every other speculative method of a run against it
@@ -61,14 +61,10 @@ def paired_per_sample(records: list[dict], x: str, y: str, engine: str | None = 
     return samples, {name: table[:, i] for i, name in enumerate(names)}
 
 
-def _ratio(numerator: float, denominator: float) -> float:
-    return float(numerator) / float(denominator) if denominator else float("nan")
-
-
 def throughput_ratio(s: dict[str, np.ndarray]) -> float:
     """(Σ tokens_X / Σ t_X) / (Σ tokens_Y / Σ t_Y) from paired_per_sample's sums."""
-    per_token_x = _ratio(s["tokens_x"].sum(), s["decode_s_x"].sum())
-    return _ratio(per_token_x, _ratio(s["tokens_y"].sum(), s["decode_s_y"].sum()))
+    per_token_x = ratio(s["tokens_x"].sum(), s["decode_s_x"].sum())
+    return ratio(per_token_x, ratio(s["tokens_y"].sum(), s["decode_s_y"].sum()))
 
 
 def _verdict(name: str, ci: list[float] | None, null: float, x: str, n: int) -> str:
@@ -80,7 +76,7 @@ def _verdict(name: str, ci: list[float] | None, null: float, x: str, n: int) -> 
 def compare(records: list[dict], x: str, y: str, engine: str | None = None) -> dict:
     """τ_X − τ_Y and throughput X / Y on the samples both finished, with paired 95 % intervals."""
     samples, s = paired_per_sample(records, x, y, engine)
-    tau_x, tau_y = _ratio(s["emitted_x"].sum(), s["rounds_x"].sum()), _ratio(s["emitted_y"].sum(), s["rounds_y"].sum())
+    tau_x, tau_y = ratio(s["emitted_x"].sum(), s["rounds_x"].sum()), ratio(s["emitted_y"].sum(), s["rounds_y"].sum())
     tau_ci = uncertainty.ratio_difference_ci(s["emitted_x"], s["rounds_x"], s["emitted_y"], s["rounds_y"])
     timed = (s["decode_s_x"] > 0) & (s["decode_s_y"] > 0)  # samples with a timed pair
     t = {name: values[timed] for name, values in s.items()}

@@ -4,6 +4,8 @@ bootstrap intervals."""
 
 from __future__ import annotations
 
+from vispec_bench.results.figures import save_figure
+
 SPEEDUPS = (("speedup_decode", "vs AR on its own engine", "#9ecae1"),
             ("speedup_decode_vs_best_ar", "vs the fastest AR of the run", "#3182bd"))
 
@@ -44,6 +46,4 @@ def two_speedups_plot(rows: list[dict], path) -> None:
     ax.set_ylabel("per-token decode speedup (x)")
     ax.set_title("Speedup against AR on the same engine and against the fastest AR")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -10,6 +10,8 @@ out of the plot. The plot is drawn only when some method was measured at two set
 
 from __future__ import annotations
 
+from vispec_bench.results.figures import save_figure
+
 PLOT = "tau_vs_image_tokens.png"
 
 
@@ -77,9 +79,7 @@ def plot(series: dict[tuple, list[tuple[float, dict]]], path) -> None:
     ax.set_ylabel("tau (mean accepted length)")
     ax.set_title("tau against image tokens per image")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def draw(runs: list[tuple[dict, dict]], out) -> list[tuple[str, str]]:

@@ -155,13 +155,14 @@ def _per_sample(pairs: list[tuple[dict, dict]]) -> dict[str, np.ndarray]:
             for name, get in fields.items()}
 
 
-def _ratio(numerator: float, denominator: float) -> float:
+def ratio(numerator: float, denominator: float) -> float:
+    """numerator / denominator, NaN when the denominator is 0 (no samples of that kind)."""
     return float(numerator) / float(denominator) if denominator else float("nan")
 
 
 def _throughput_ratio(s: dict, prefix: str = "") -> float:
-    return _ratio(_ratio(s[prefix + "tok_m"].sum(), s[prefix + "t_m"].sum()),
-                  _ratio(s[prefix + "tok_ar"].sum(), s[prefix + "t_ar"].sum()))
+    return ratio(ratio(s[prefix + "tok_m"].sum(), s[prefix + "t_m"].sum()),
+                 ratio(s[prefix + "tok_ar"].sum(), s[prefix + "t_ar"].sum()))
 
 
 def _require_timings(method: str, s: dict) -> None:
@@ -228,12 +229,12 @@ def summarize_method(method: str, records: list[dict], ar_records: list[dict], d
     unexplained = [r for r, kind in kinds if kind == "unexplained"]
     tie_samples = {r["sample_id"] for r, kind in kinds if kind.endswith("_tie")}
     tie_samples -= {r["sample_id"] for r in unexplained}  # one tie never excuses another record of its sample
-    tau = _ratio(s["emitted"].sum(), s["rounds"].sum())
+    tau = ratio(s["emitted"].sum(), s["rounds"].sum())
     drafts = sorted({str(_draft_sha256(r)) for r in paired} - {"None"})
     return {
         "num_samples": len(s["t_m"]), "num_records": len(paired), "num_unpaired": len(unpaired), "unpaired": unpaired,
         "finished_ids_hash": hashlib.sha256("\n".join(sorted({r["sample_id"] for r in paired})).encode()).hexdigest()[:16],
-        "new_tokens": new_tokens, "mean_new_tokens": _ratio(new_tokens, len(one_pass)),
+        "new_tokens": new_tokens, "mean_new_tokens": ratio(new_tokens, len(one_pass)),
         "num_rounds": int(s["rounds"].sum()),
         "mean_accepted_length": tau, "mean_accepted_length_excl_bonus": tau - 1,
         **_ci_fields("mean_accepted_length", uncertainty.ratio_ci(s["emitted"], s["rounds"])),
@@ -249,8 +250,8 @@ def summarize_method(method: str, records: list[dict], ar_records: list[dict], d
         "speedup_decode_per_repeat": per_repeat,
         "speedup_decode_median_repeat": statistics.median(per_repeat) if per_repeat else None,
         "speedup_decode_std": statistics.stdev(per_repeat) if len(per_repeat) > 1 else None,
-        "tokens_per_s": _ratio(sum(r["num_new_tokens"] for r in timed_records), total_time),
-        "exact_match_rate": _ratio(sum(r["equivalence"]["exact_match"] for r in paired), len(paired)),
+        "tokens_per_s": ratio(sum(r["num_new_tokens"] for r in timed_records), total_time),
+        "exact_match_rate": ratio(sum(r["equivalence"]["exact_match"] for r in paired), len(paired)),
         "num_divergences": sum(kind != "match" for _, kind in kinds),
         "num_tie_samples": len(tie_samples),
         "num_unexplained_divergences": len(unexplained),

@@ -20,6 +20,7 @@ from pathlib import Path
 from vispec_bench.errors import MissingInputError
 from vispec_bench.results import by_engine, differences, engine_plots, image_tokens_plot, metrics
 from vispec_bench.results.columns import COLUMNS, csv_fields, csv_value, definitions, format_cell
+from vispec_bench.results.figures import save_figure
 from vispec_bench.results.records import MANIFEST, RunStore, write_json_atomic
 
 TABLE = [c for c in COLUMNS if c.table]
@@ -88,14 +89,6 @@ def keep_runs(run_dirs: list[Path], out: Path) -> None:
 
 # --- plots -------------------------------------------------------------------------------------
 
-def _save(fig, path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def _label(row: dict) -> str:
     return row["_label"]
 
@@ -145,7 +138,7 @@ def _grouped_bars(rows, value, title, ylabel, path, reference=None, interval=Fal
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize=8, ncols=min(4, len(methods)))
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _acceptance_plot(rows, path):
@@ -166,7 +159,7 @@ def _acceptance_plot(rows, path):
     ax.set_ylim(0, 1.05)
     ax.set_title("Acceptance rate per draft depth")
     ax.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _histogram_plot(rows, path):
@@ -185,7 +178,7 @@ def _histogram_plot(rows, path):
     ax.set_ylabel("fraction of rounds")
     ax.set_title("Accepted-length histogram")
     ax.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _breakdown_plot(rows, path):
@@ -203,7 +196,7 @@ def _breakdown_plot(rows, path):
     ax.set_ylabel("ms per round (profiling pass)")
     ax.set_title("Per-round time: draft / verify / accept+commit")
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _harness_label(row) -> str:

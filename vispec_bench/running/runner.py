@@ -26,7 +26,6 @@ from vispec_bench.running import environment
 from vispec_bench.engine.acceptance import SamplingConfig
 from vispec_bench.engine.adapter import make_adapter
 from vispec_bench.engine.engines import Engine
-from vispec_bench.engine.split_image_adapter import SplitImageAdapter
 from vispec_bench.running.distributed import init_from_environment, rank_device
 from vispec_bench.running.referee import Float32Referee
 from vispec_bench.engine.decode import decode
@@ -50,8 +49,6 @@ def image_tokens_per_image(adapter, prompt) -> list[int]:
     """A record's `image_tokens`: the image tokens of each image in the prompt, its span's length,
     or, where the processor splits an image into sub-images, the sum over its runs."""
     lengths = [end - start for start, end in prompt.image_spans]
-    if not isinstance(adapter, SplitImageAdapter):
-        return lengths
     per_image, first = [], 0
     for runs in adapter.runs_per_image(prompt.input_ids, prompt.image_spans):
         per_image.append(sum(lengths[first:first + runs]))

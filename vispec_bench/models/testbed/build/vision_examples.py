@@ -21,12 +21,9 @@ def pixel_values(processor, paths: list[str]) -> torch.Tensor:
 
 def question_group(question: str, answer: str) -> str:
     """open, or a yes/no question by what it asks about (shape / colour) and its answer."""
-    from suites.easyvqa import SHAPES
+    from suites.easyvqa import yes_no_subject
 
-    if answer not in ("yes", "no"):
-        return "open"
-    about = "shape" if any(shape in question.lower() for shape in SHAPES) else "colour"
-    return f"{about} {answer}"
+    return f"{yes_no_subject(question)[0]} {answer}" if answer in ("yes", "no") else "open"
 
 
 def balanced_order(questions: list[str], answers: list[str], seed: int) -> list[int]:
