@@ -92,7 +92,7 @@ def question_facts(question: str, answer: str) -> dict[str, str]:
     words = re.findall(r"[a-z]+", question.lower())
     facts: dict[str, str] = {}
     if answer in ("yes", "no"):
-        if (answer == "yes") != yes_no_subject(question)[1]:  # not negated: the named attribute is present  # the named attribute is present
+        if (answer == "yes") != yes_no_subject(question)[1]:  # a plain yes or a negated no: the named attribute is present
             for word in words:
                 if word in SHAPES:
                     facts["shape"] = word
