@@ -8,6 +8,7 @@
 #   reports/build_testbeds.sh 64       # --model testbed: stage 2 continues the shipped tower, projector
 #                                      # and LoRA with the balanced question draw, then the drafts
 #   reports/build_testbeds.sh install  # both work directories' weights into the package
+#   reports/build_testbeds.sh install 64   # one setting's (the other may still be building)
 #
 # Work directories: $WORK/build<N> (default /work/build<N>). Run it alone: stage times are recorded.
 set -euo pipefail
@@ -28,15 +29,15 @@ build_64() {
     --pretrain-steps 0 --vision-init vispec_bench/models/testbed/weights --vision-steps 300 --eval-every 50
 }
 
-install_both() {
-  python - "$WORK" <<'PY'
+install_settings() {  # install_settings N...: these settings' work directories into the package
+  python - "$WORK" "$@" <<'PY'
 import json, sys
 from pathlib import Path
 
 from vispec_bench.models.testbed.build import install
 from vispec_bench.running.config import BuildConfig
 
-for tokens in (576, 64):
+for tokens in map(int, sys.argv[2:]):
     work = Path(sys.argv[1]) / f"build{tokens}"
     stored = json.loads((work / "build_config.json").read_text())
     config = BuildConfig(**{k: v for k, v in stored.items() if k in BuildConfig.__dataclass_fields__})
@@ -47,6 +48,6 @@ PY
 case "${1:-}" in
   576) build_576 ;;
   64) build_64 ;;
-  install) install_both ;;
+  install) shift; [ $# -gt 0 ] || set -- 576 64; install_settings "$@" ;;
   *) echo "usage: $0 576|64|install" >&2; exit 2 ;;
 esac

@@ -165,7 +165,9 @@ image_tokens_cpu() {
   local methods=medusa,eagle2,vispec,vispec-noadaptor,vispec-noglobal,eaglevlm,specvlm,eagle3
   mkdir -p "$out"
   rm -rf reports/image-tokens-cpu/runs
-  for model in testbed testbed-576; do
+  # IMAGE_TOKENS_MODELS=testbed runs one setting (e.g. while the other is still building); the report
+  # covers every run under $out
+  for model in ${IMAGE_TOKENS_MODELS:-testbed testbed-576}; do
     run_or_resume "$out" "$model-long" --model $model --methods $methods --suite easyvqa --prompt-mode long \
       --limit "$n" --max-new-tokens 128 "${CPU[@]}" --no-profile
     run_or_resume "$out" "$model-short" --model $model --methods ar --suite easyvqa --prompt-mode short \
