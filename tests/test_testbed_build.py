@@ -140,20 +140,21 @@ def test_testbed_build_at_toy_size_installs_weights_that_run_losslessly(tmp_path
     assert {d["source"] for d in drafts.values()} == {"model default"}
 
 
-def test_lora_hooks_during_training_equal_the_merged_weights_at_load():
+@pytest.mark.parametrize("targets", [("q_proj", "v_proj"), ("q_proj", "v_proj", "gate_proj", "up_proj", "down_proj")])
+def test_lora_hooks_during_training_equal_the_merged_weights_at_load(targets):
     from vispec_bench.models.testbed.model import build_untrained_testbed, merge_lora
     from vispec_bench.models.testbed.build.vision import LanguageLoRA
 
     model, processor = build_untrained_testbed()
     ids = processor.tokenizer("a teal circle", return_tensors="pt")["input_ids"]
-    lora = LanguageLoRA(model, rank=4)
+    lora = LanguageLoRA(model, rank=4, targets=targets)
     with torch.no_grad():
         for param in lora.B.values():
             param.normal_(std=0.02)  # B starts at zero; give it something to merge
         hooked = model.model.language_model(input_ids=ids).last_hidden_state
     factors = lora.export()
     lora.remove()
-    assert merge_lora(model, factors) == 2 * len(model.model.language_model.layers)
+    assert merge_lora(model, factors) == len(targets) * len(model.model.language_model.layers)
     with torch.no_grad():
         merged = model.model.language_model(input_ids=ids).last_hidden_state
     torch.testing.assert_close(merged, hooked, rtol=1e-4, atol=1e-4)

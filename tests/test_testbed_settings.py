@@ -104,6 +104,47 @@ def test_lora_factors_round_trip_and_a_wrong_rank_is_refused(tmp_path):
         LanguageLoRA(model, rank=4).load_exported(exported, tmp_path)
 
 
+def test_lora_on_more_projections_starts_the_new_ones_fresh_and_refuses_unknown_names(tmp_path):
+    import copy
+
+    from vispec_bench.errors import InputError
+    from vispec_bench.models.testbed.build.vision import LanguageLoRA
+
+    loaded, _ = tiny_by_name("tiny-llava")
+    model = copy.deepcopy(loaded.model)
+    source = LanguageLoRA(model, rank=2)  # q/v, as the shipped weights
+    with torch.no_grad():
+        for param in source.B.values():
+            param.normal_()
+    exported = source.export()
+    source.remove()
+    wider = LanguageLoRA(model, rank=2, targets=("q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"))
+    before_mlp = {k: wider.A[k].clone() for k in wider.A if k.endswith(("gate_proj", "up_proj", "down_proj"))}
+    wider.load_exported(exported, tmp_path)
+    assert all(torch.equal(wider.B[k], source.B[k]) for k in source.B)  # q/v taken over
+    assert before_mlp and all(torch.equal(wider.A[k], before_mlp[k]) and not wider.B[k].any() for k in before_mlp)
+    wider.remove()
+    with pytest.raises(InputError, match="no projection named qkv.*choose from q_proj"):
+        LanguageLoRA(model, rank=2, targets=("qkv",))
+
+
+def test_a_build_started_before_a_setting_existed_resumes_under_its_default(tmp_path):
+    from dataclasses import asdict
+
+    from vispec_bench.errors import InputError
+    from vispec_bench.models.testbed.build.common import mark_stage_done
+    from vispec_bench.models.testbed.build.stages import check_settings
+    from vispec_bench.running.config import BuildConfig
+
+    stored = asdict(BuildConfig(work=str(tmp_path)))
+    del stored["lora_targets"]  # the build_config.json of a build started before --lora-targets
+    (tmp_path / "build_config.json").write_text(json.dumps(stored))
+    mark_stage_done(tmp_path, "vision", {"step": 200, "accuracy": 0.8})
+    check_settings(BuildConfig(work=str(tmp_path)), tmp_path)  # the default then and now: no clash
+    with pytest.raises(InputError, match="lora_targets"):
+        check_settings(BuildConfig(work=str(tmp_path), lora_targets=["q_proj", "v_proj", "up_proj"]), tmp_path)
+
+
 @pytest.mark.slow
 def test_vision_init_takes_tower_and_projector_only_from_the_same_setting(tmp_path):
     from vispec_bench.models.testbed.build.vision import LanguageLoRA, save_vision_weights, start_from

@@ -208,7 +208,10 @@ class BuildConfig(MachineSettings):
     vision_target: float = setting(0.93, "held-out first-token accuracy that ends stage 2 early")
     vision_train_tower: bool = setting(False, "stage 2 also trains the vision tower (default: only projector + "
                                               "LoRA)", flag="--train-tower")
-    lora_rank: int = setting(8, "LoRA rank on the language model's q/v projections in stage 2 (0 = frozen)")
+    lora_rank: int = setting(8, "LoRA rank on the language model's projections in stage 2 (0 = frozen)")
+    lora_targets: list[str] = setting(factory=lambda: ["q_proj", "v_proj"], metavar="P1,P2,...",
+                                      help="the language model's projections stage 2 adapts with LoRA, of q_proj, "
+                                           "k_proj, v_proj, o_proj (attention), gate_proj, up_proj, down_proj (MLP)")
     vision_balance: bool = setting(True, "stage 2 draws its short-answer questions with the groups open / yes-no "
                                          "shape / yes-no colour x yes / no taking turns (off: uniformly)",
                                    flag="--no-vision-balance")

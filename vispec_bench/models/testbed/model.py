@@ -175,7 +175,15 @@ def build_untrained_testbed_576(dtype=torch.float32, device="cpu", seed: int = 0
     return build_untrained_testbed(dtype, device, seed, image_tokens=576)
 
 
-LORA_TARGETS = ("q_proj", "v_proj")  # the attention projections the build may adapt with LoRA
+# The language model's projections a build may adapt with LoRA, and the block each lives in.
+LORA_PROJECTIONS = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn",
+                    "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
+LORA_TARGETS = ("q_proj", "v_proj")  # the build's default
+
+
+def lora_linear(layer, projection: str):
+    """The nn.Linear of one decoder layer that LoRA factors named `projection` adapt."""
+    return getattr(getattr(layer, LORA_PROJECTIONS[projection]), projection)
 
 
 def lora_key(layer: int, projection: str, part: str) -> str:
@@ -188,11 +196,11 @@ def merge_lora(model, state: dict[str, torch.Tensor]) -> int:
     layers = model.model.language_model.layers
     merged = 0
     for index, layer in enumerate(layers):
-        for projection in LORA_TARGETS:
+        for projection in LORA_PROJECTIONS:
             a, b = state.get(lora_key(index, projection, "A")), state.get(lora_key(index, projection, "B"))
             if a is None or b is None:
                 continue
-            weight = getattr(layer.self_attn, projection).weight
+            weight = lora_linear(layer, projection).weight
             weight.data += (b.float() @ a.float()).to(weight.dtype)
             merged += 1
     return merged

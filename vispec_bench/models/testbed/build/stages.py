@@ -22,7 +22,7 @@ from vispec_bench.running.config import BuildConfig
 
 STAGE_SETTINGS = {"pretrain": ("seed", "image_tokens", "pretrain_steps", "pretrain_batch"),
                   "vision": ("vision_steps", "vision_batch", "vision_lr", "vision_target", "vision_train_tower",
-                             "lora_rank", "vision_balance", "vision_init", "vision_long_examples", "eval_every", "eval_questions"),
+                             "lora_rank", "lora_targets", "vision_balance", "vision_init", "vision_long_examples", "eval_every", "eval_questions"),
                   "data": ("data_samples", "data_max_new_tokens"),
                   **{f"draft-{stage.name}": ("draft_vocab", "draft_steps") for stage in DRAFT_STAGES}}
 
@@ -33,7 +33,9 @@ def check_settings(config: BuildConfig, work: Path) -> None:
     settings = asdict(config)
     if path.exists():
         stored = json.loads(path.read_text())
-        changed = {k for k in settings if k not in ("install", "device", "work") and stored.get(k) != settings[k]}
+        defaults = asdict(BuildConfig())  # a setting added after the build started had its default then
+        changed = {k for k in settings
+                   if k not in ("install", "device", "work") and stored.get(k, defaults[k]) != settings[k]}
         clashes = sorted(k for stage, keys in STAGE_SETTINGS.items() if stage_done(work, stage)
                          for k in keys if k in changed)
         if clashes:

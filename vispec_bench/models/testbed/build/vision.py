@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 from vispec_bench.drafts.training import lr_factor
+from vispec_bench.errors import InputError
 from vispec_bench.models.testbed.build.common import TRAINABLE, StageLog
 from vispec_bench.models.testbed.build.vision_examples import ShortAnswerExamples, balanced_order, long_answer_examples
-from vispec_bench.models.testbed.model import LORA_TARGETS, lora_key
+from vispec_bench.models.testbed.model import LORA_PROJECTIONS, LORA_TARGETS, lora_key, lora_linear
 from vispec_bench.running.config import BuildConfig
 
 
@@ -37,17 +38,22 @@ def first_token_accuracy(model, examples: ShortAnswerExamples, indices: list[int
 
 
 class LanguageLoRA(nn.Module):
-    """LoRA factors on the language model's q/v projections, applied by forward hooks (the model's
-    own modules and state-dict keys stay untouched); exported pre-scaled, merged at load time."""
+    """LoRA factors on some of the language model's projections (`targets`, default q/v), applied by
+    forward hooks (the model's own modules and state-dict keys stay untouched); exported pre-scaled,
+    merged at load time."""
 
-    def __init__(self, model, rank: int):
+    def __init__(self, model, rank: int, targets=LORA_TARGETS):
         super().__init__()
+        unknown = sorted(set(targets) - set(LORA_PROJECTIONS))
+        if unknown:
+            raise InputError(f"--lora-targets: no projection named {', '.join(unknown)}; "
+                             f"choose from {', '.join(LORA_PROJECTIONS)}")
         self.A, self.B = nn.ParameterDict(), nn.ParameterDict()
         self.handles = []
         generator = torch.Generator().manual_seed(1234)
         for index, layer in enumerate(model.model.language_model.layers):
-            for projection in LORA_TARGETS:
-                linear = getattr(layer.self_attn, projection)
+            for projection in targets:
+                linear = lora_linear(layer, projection)
                 key = f"{index}_{projection}"
                 a = torch.randn(rank, linear.in_features, generator=generator) / linear.in_features ** 0.5
                 self.A[key] = nn.Parameter(a.to(linear.weight.device))
@@ -69,9 +75,13 @@ class LanguageLoRA(nn.Module):
         return out
 
     def load_exported(self, state: dict[str, torch.Tensor], source: Path) -> None:
-        """Start from factors export() wrote (another build's vision.safetensors)."""
+        """Start from factors export() wrote (another build's vision.safetensors). A projection the
+        source did not adapt at all starts fresh (B = 0: no change to the model)."""
+        adapted = {name.split(".")[3] for name in state if name.startswith("lora.layers.")}
         for key in self.A:
             index, projection = key.split("_", 1)
+            if projection not in adapted:
+                continue
             a, b = state.get(lora_key(int(index), projection, "A")), state.get(lora_key(int(index), projection, "B"))
             if a is None or b is None or a.shape != self.A[key].shape or b.shape != self.B[key].shape:
                 raise ValueError(f"{source} has no rank-{self.A[key].shape[0]} LoRA factors for layer {index} "
@@ -189,7 +199,7 @@ def train_vision(model, processor, config: BuildConfig, work: Path, device: str,
     for name, param in model.named_parameters():
         param.requires_grad_(name.startswith(trained))
     long_examples = cached_long_examples(model, processor, config, work, device, log)
-    lora = LanguageLoRA(model, config.lora_rank) if config.lora_rank else None
+    lora = LanguageLoRA(model, config.lora_rank, tuple(config.lora_targets)) if config.lora_rank else None
     params = [p for p in model.parameters() if p.requires_grad] + (list(lora.parameters()) if lora else [])
     optimizer = torch.optim.AdamW(params, lr=config.vision_lr, weight_decay=0.0)
     train = ShortAnswerExamples(processor, "train")
