@@ -48,10 +48,9 @@ def candidates(answer: str) -> tuple[str, ...]:
 def forced_choice_accuracy(model, tokenizer, items: list[tuple[str, str]], batch_size: int = 16) -> float:
     """The allowed answer whose first token (lower case or capitalised, with or without a leading
     space) the model ranks highest at the answer's first position."""
-    def first_ids(word: str) -> list[int]:
-        return [tokenizer(v, add_special_tokens=False)["input_ids"][0]
-                for v in (word, word.capitalize(), " " + word, " " + word.capitalize())]
-
+    first_ids = {word: [tokenizer(v, add_special_tokens=False)["input_ids"][0]  # tokenised once per word
+                        for v in (word, word.capitalize(), " " + word, " " + word.capitalize())]
+                 for word in ("yes", "no", *SHAPES, *COLORS)}
     right = 0
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
@@ -67,7 +66,7 @@ def forced_choice_accuracy(model, tokenizer, items: list[tuple[str, str]], batch
         last = logits[torch.arange(len(ids)), torch.tensor([len(seq) for seq in ids]) - 1]
         for row, (_, answer) in enumerate(chunk):
             options = candidates(answer)
-            scores = [float(last[row, first_ids(word)].max()) for word in options]
+            scores = [float(last[row, first_ids[word]].max()) for word in options]
             right += options[scores.index(max(scores))] == answer
     return right / len(items)
 

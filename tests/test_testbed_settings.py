@@ -128,6 +128,17 @@ def test_lora_on_more_projections_starts_the_new_ones_fresh_and_refuses_unknown_
         LanguageLoRA(model, rank=2, targets=("qkv",))
 
 
+def test_a_build_refuses_an_unknown_lora_target_before_its_first_stage(tmp_path):
+    from vispec_bench.errors import InputError
+    from vispec_bench.models.testbed.build.stages import build
+    from vispec_bench.running.config import BuildConfig
+
+    work = tmp_path / "work"
+    with pytest.raises(InputError, match="no projection named qkv"):
+        build(BuildConfig(work=str(work), lora_targets=["q_proj", "qkv"], install=False))
+    assert not work.exists()  # nothing started, nothing written
+
+
 def test_a_build_started_before_a_setting_existed_resumes_under_its_default(tmp_path):
     from dataclasses import asdict
 

@@ -17,7 +17,7 @@ from vispec_bench.models.testbed.build.data import generate_draft_data
 from vispec_bench.models.testbed.build.drafts import train_drafts
 from vispec_bench.models.testbed.build.install import install
 from vispec_bench.models.testbed.build.pretrain import pretrain_tower
-from vispec_bench.models.testbed.build.vision import save_vision_weights, train_vision
+from vispec_bench.models.testbed.build.vision import check_lora_targets, save_vision_weights, train_vision
 from vispec_bench.running.config import BuildConfig
 
 STAGE_SETTINGS = {"pretrain": ("seed", "image_tokens", "pretrain_steps", "pretrain_batch"),
@@ -51,6 +51,7 @@ def build(config: BuildConfig, command: str = "") -> Path:
 
     device = resolve_device(config.device)
     work = config.work_dir()
+    check_lora_targets(config.lora_targets)  # a bad name fails now, not after an hour of pretraining
     work.mkdir(parents=True, exist_ok=True)
     check_settings(config, work)
     log = StageLog(work)

@@ -37,6 +37,14 @@ def first_token_accuracy(model, examples: ShortAnswerExamples, indices: list[int
 
 
 
+def check_lora_targets(targets) -> None:
+    """Every name in `targets` is a projection LoRA can adapt (the build checks before its first stage)."""
+    unknown = sorted(set(targets) - set(LORA_PROJECTIONS))
+    if unknown:
+        raise InputError(f"--lora-targets: no projection named {', '.join(unknown)}; "
+                         f"choose from {', '.join(LORA_PROJECTIONS)}")
+
+
 class LanguageLoRA(nn.Module):
     """LoRA factors on some of the language model's projections (`targets`, default q/v), applied by
     forward hooks (the model's own modules and state-dict keys stay untouched); exported pre-scaled,
@@ -44,10 +52,7 @@ class LanguageLoRA(nn.Module):
 
     def __init__(self, model, rank: int, targets=LORA_TARGETS):
         super().__init__()
-        unknown = sorted(set(targets) - set(LORA_PROJECTIONS))
-        if unknown:
-            raise InputError(f"--lora-targets: no projection named {', '.join(unknown)}; "
-                             f"choose from {', '.join(LORA_PROJECTIONS)}")
+        check_lora_targets(targets)
         self.A, self.B = nn.ParameterDict(), nn.ParameterDict()
         self.handles = []
         generator = torch.Generator().manual_seed(1234)
@@ -173,8 +178,8 @@ def start_from(model, lora: LanguageLoRA | None, source: Path, log: StageLog) ->
 def cached_long_examples(model, processor, config: BuildConfig, work: Path, device: str, log: StageLog) -> list:
     """long_answer_examples, written once to WORK/long_examples.json (the base model writes them:
     they must be made before any LoRA hook is attached)."""
-    if not config.vision_long_examples:
-        return []
+    if not config.vision_long_examples or not config.vision_steps:
+        return []  # no training steps (--vision-steps 0: the --vision-init weights as they are): none needed
     cached = work / "long_examples.json"
     if cached.exists():
         long_examples = [tuple(t) for t in json.loads(cached.read_text())]
