@@ -6,7 +6,10 @@ Per setting, on the untrained testbed of that setting: one stage-2 (vision) trai
 prompt = image tokens + 45 text tokens, labels on the last 8, bf16 autocast as the build runs it,
 backward through the frozen language model into the projector), one float32 prefill of a single
 prompt (the cost every generated answer, evaluation and benchmark sample pays before decoding),
-and one stage-1 (tower pretraining) step at batch 32 and 64. Best of a few repeats.
+one stage-1 (tower pretraining) step at batch 32 and 64, and (`--drafts`) one stage-4 training
+step of the EAGLE-2 and ViSpec drafts (one row per step, as `train` runs it: an easy-VQA long-answer
+prompt and a 150-token answer, the teacher features computed beforehand as the build's feature
+directory holds them). Best of a few repeats.
 """
 
 from __future__ import annotations
@@ -26,11 +29,41 @@ def best_of(repeats: int, fn) -> float:
     return min(times)
 
 
-def measure(image_tokens: int) -> dict:
+def draft_steps(model, processor, image_tokens: int, answer_tokens: int = 150) -> dict:
+    """Seconds of one draft training step (loss + backward + AdamW) per draft method."""
+    from vispec_bench.drafts.training import frozen_float_lm_head, teacher_features
+    from vispec_bench.engine.adapter import make_adapter
+    from vispec_bench.plugins.method import make_method
+    from vispec_bench.plugins.suite import make_suite
+
+    adapter = make_adapter(model, processor)
+    sample = make_suite("easyvqa", "long").select(1, 0)[0]
+    answer = [int(i) for i in torch.randint(100, 4000, (answer_tokens,), generator=torch.Generator().manual_seed(1))]
+    result = {}
+    for name in ("eagle2", "vispec"):
+        method = make_method(name, {"vocab": "4096"})
+        draft = method.build_draft(adapter).float()
+        method.prepare_teacher(adapter, draft)
+        features = teacher_features(adapter, sample.messages, sample.images, answer)
+        method.fit_to_data(draft, [answer], adapter)
+        trainer = method.make_trainer(draft, frozen_float_lm_head(adapter))
+        optimizer = torch.optim.AdamW([p for p in draft.parameters() if p.requires_grad], lr=1e-4)
+
+        def step():
+            loss, _ = trainer.loss(features)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        result[f"{name} draft step s ({features.input_ids.shape[0]} tokens)"] = best_of(3, step)
+    return result
+
+
+def measure(image_tokens: int, drafts: bool) -> dict:
     from vispec_bench.models.testbed.model import build_untrained_testbed, image_setting
 
     size, _ = image_setting(image_tokens)
-    model, _ = build_untrained_testbed(image_tokens=image_tokens)
+    model, processor = build_untrained_testbed(image_tokens=image_tokens)
     for name, param in model.named_parameters():
         param.requires_grad_(name.startswith("model.multi_modal_projector"))
     generator = torch.Generator().manual_seed(0)
@@ -64,14 +97,20 @@ def measure(image_tokens: int) -> dict:
             features.float().pow(2).mean().backward()
 
         result[f"pretrain step (b{batch}) s"] = best_of(2, pretrain_step)
+    if drafts:
+        for param in model.parameters():
+            param.requires_grad_(False)
+        model.eval()
+        result.update(draft_steps(model, processor, image_tokens))
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settings", default="64,256,576")
+    parser.add_argument("--drafts", action="store_true", help="also one draft training step (EAGLE-2, ViSpec)")
     args = parser.parse_args()
-    rows = {int(tokens): measure(int(tokens)) for tokens in args.settings.split(",")}
+    rows = {int(tokens): measure(int(tokens), args.drafts) for tokens in args.settings.split(",")}
     columns = list(next(iter(rows.values())))
     print(f"torch threads {torch.get_num_threads()}")
     print("| image tokens | " + " | ".join(columns) + " |")

@@ -120,6 +120,11 @@ def test_testbed_build_at_toy_size_installs_weights_that_run_losslessly(tmp_path
     # eight bf16 drafts (EAGLE-3's with a 256-row head here) + the vision side (~80 MB at full width)
     assert sum(provenance["bytes"].values()) < 90 * 2 ** 20
     assert not (installed / "drafts" / "vispec-stage1").exists()  # a first stage is not shipped
+    # a build that continued installed weights keeps how they were made, even when it replaces them
+    continued = BuildConfig(**{**config.__dict__, "vision_init": str(installed)})
+    testbed_build.install(continued, work, "cpu", "continued", target=installed)
+    provenance = json.loads((installed / "provenance.json").read_text())
+    assert provenance["command"] == "continued" and provenance["vision_init_provenance"]["command"] == "test"
     run_config = RunConfig(model="testbed", limit=1, max_new_tokens=10, dtype="float32", device="cpu",
                            profile_rounds=False, methods=["medusa", "eagle2", "vispec", "vispec-noadaptor"])
     # the installed directory, not the package's weights; the default methods find its drafts by themselves

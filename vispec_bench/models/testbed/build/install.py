@@ -48,6 +48,11 @@ def install(config: BuildConfig, work: Path, device: str, command: str, target: 
                   "total_seconds": round(sum(s.get("seconds", 0) for s in stages.values()), 1),
                   "bytes": {str(p.relative_to(staging)): p.stat().st_size
                             for p in sorted(staging.rglob("*")) if p.is_file()}}
+    # A build whose stage 2 started from installed weights (--vision-init) keeps how those were made:
+    # read before the target is replaced, as the init is often the folder being installed over.
+    init_provenance = Path(config.vision_init) / "provenance.json" if config.vision_init else None
+    if init_provenance is not None and init_provenance.exists():
+        provenance["vision_init_provenance"] = json.loads(init_provenance.read_text())
     (staging / "provenance.json").write_text(json.dumps(provenance, indent=2, default=str) + "\n")
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
