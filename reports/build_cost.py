@@ -55,7 +55,8 @@ def draft_steps(model, processor, image_tokens: int, answer_tokens: int = 150) -
             loss.backward()
             optimizer.step()
 
-        result[f"{name} draft step s ({features.input_ids.shape[0]} tokens)"] = best_of(3, step)
+        result["draft row tokens"] = features.input_ids.shape[0]
+        result[f"{name} draft step s"] = best_of(3, step)
     return result
 
 
@@ -116,7 +117,7 @@ def main() -> None:
     print("| image tokens | " + " | ".join(columns) + " |")
     print("|---" * (len(columns) + 1) + "|")
     for tokens, row in rows.items():
-        print(f"| {tokens} | " + " | ".join(f"{row[c]:.2f}" for c in columns) + " |")
+        print(f"| {tokens} | " + " | ".join(f"{row[c]:.2f}" if isinstance(row[c], float) else str(row[c]) for c in columns) + " |")
 
 
 if __name__ == "__main__":

@@ -62,8 +62,9 @@ def trained_testbed():
 def test_shipped_testbed_carries_its_drafts_as_data_keyed_by_their_own_kind():
     loaded, _ = trained_testbed()
     drafts = testbed_module.WEIGHTS_DIR / "drafts"
-    assert loaded.default_drafts == {kind: str(drafts / kind) for kind in ("eagle2", "medusa", "vispec", "eaglevlm",
-                                                                          "specvlm", "eagle3")}
+    # the ablations' drafts (trained with their component off) are keyed by their folder names
+    assert loaded.default_drafts == {kind: str(drafts / kind) for kind in (
+        "eagle2", "medusa", "vispec", "vispec-noadaptor", "vispec-noglobal", "eaglevlm", "specvlm", "eagle3")}
     assert not hasattr(loaded.model, "vispec_default_drafts")  # nothing stashed on the HF module
 
 
