@@ -9,6 +9,9 @@
 #                                      # and LoRA with the balanced question draw, then the drafts
 #   reports/build_testbeds.sh install  # both work directories' weights into the package
 #   reports/build_testbeds.sh install 64   # one setting's (the other may still be building)
+#   reports/build_testbeds.sh install-partial 576  # its vision side + finished drafts, to commit a
+#                                      # build that will not finish in one sitting (then continue it
+#                                      # with --pretrain-steps 0 --vision-init <that folder> --vision-steps 0)
 #
 # Work directories: $WORK/build<N> (default /work/build<N>). Run it alone: stage times are recorded.
 set -euo pipefail
@@ -32,7 +35,7 @@ build_64() {
     --pretrain-steps 0 --vision-init vispec_bench/models/testbed/weights --vision-steps 0
 }
 
-install_settings() {  # install_settings N...: these settings' work directories into the package
+install_settings() {  # install_settings PARTIAL N...: these settings' work directories into the package
   python - "$WORK" "$@" <<'PY'
 import json, sys
 from pathlib import Path
@@ -40,17 +43,20 @@ from pathlib import Path
 from vispec_bench.models.testbed.build import install
 from vispec_bench.running.config import BuildConfig
 
-for tokens in map(int, sys.argv[2:]):
+partial = sys.argv[2] == "partial"
+for tokens in map(int, sys.argv[3:]):
     work = Path(sys.argv[1]) / f"build{tokens}"
     stored = json.loads((work / "build_config.json").read_text())
     config = BuildConfig(**{k: v for k, v in stored.items() if k in BuildConfig.__dataclass_fields__})
-    print(install(config, work, config.device, f"reports/build_testbeds.sh {tokens}"))
+    print(install(config, work, config.device, f"reports/build_testbeds.sh {tokens}", partial=partial))
 PY
 }
 
 case "${1:-}" in
   576) build_576 ;;
   64) build_64 ;;
-  install) shift; [ $# -gt 0 ] || set -- 576 64; install_settings "$@" ;;
-  *) echo "usage: $0 576|64|install" >&2; exit 2 ;;
+  install) shift; [ $# -gt 0 ] || set -- 576 64; install_settings complete "$@" ;;
+  install-partial) shift; [ $# -gt 0 ] || { echo "install-partial needs a setting (576 or 64)" >&2; exit 2; }
+    install_settings partial "$@" ;;
+  *) echo "usage: $0 576|64|install [N]|install-partial N" >&2; exit 2 ;;
 esac

@@ -235,3 +235,29 @@ def test_vision_resume_state_loads_without_unpickling_objects(tmp_path):
     with pytest.raises(ValueError, match="other pickled objects"):
         load_resume_state(tmp_path / "hostile.pt", "cpu")
     assert UNPICKLED == []
+
+
+def test_install_refuses_a_build_without_its_drafts_unless_asked_for_a_partial_install(tmp_path):
+    """A build too long for one sitting ends in a commit of its vision side (partial); a plain
+    install of an unfinished build must not replace shipped drafts with nothing."""
+    from safetensors.torch import save_file
+
+    from vispec_bench.errors import InputError
+    from vispec_bench.models.testbed.build.common import SHIPPED_DRAFTS, mark_stage_done
+    from vispec_bench.models.testbed.build.install import install
+
+    work = tmp_path / "work"
+    (work / "weights").mkdir(parents=True)
+    save_file({"projector": torch.zeros(2)}, str(work / "weights" / "vision.safetensors"))
+    config = BuildConfig(device="cpu", work=str(work))
+    target = tmp_path / "installed"
+    with pytest.raises(InputError, match="stage 2"):
+        install(config, work, "cpu", "test", target=target, partial=True)
+    mark_stage_done(work, "vision", {"step": 0, "accuracy": 0.5})
+    with pytest.raises(InputError, match="medusa"):
+        install(config, work, "cpu", "test", target=target)
+    assert not target.exists()
+    installed = install(config, work, "cpu", "test", target=target, partial=True)
+    provenance = json.loads((installed / "provenance.json").read_text())
+    assert provenance["missing_drafts"] == list(SHIPPED_DRAFTS)
+    assert (installed / "vision.safetensors").exists() and not (installed / "drafts").exists()

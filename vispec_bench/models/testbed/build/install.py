@@ -11,14 +11,18 @@ from pathlib import Path
 
 import torch
 
-from vispec_bench.models.testbed.build.common import SHIPPED_DRAFTS, weights_of
+from vispec_bench.errors import InputError
+from vispec_bench.models.testbed.build.common import SHIPPED_DRAFTS, stage_done, weights_of
 from vispec_bench.models.testbed.model import shipped_weights_dir
 from vispec_bench.running.config import BuildConfig
 
 
-def install(config: BuildConfig, work: Path, device: str, command: str, target: Path | None = None) -> Path:
+def install(config: BuildConfig, work: Path, device: str, command: str, target: Path | None = None,
+            partial: bool = False) -> Path:
     """bf16 weights into the package (vispec_bench/models/testbed/weights, or weights-<N> for N image
-    tokens) with how they were made."""
+    tokens) with how they were made. `partial`: install the vision side and whichever drafts are done
+    (provenance.json lists the missing ones), so a build too long for one sitting can end in a
+    commit and continue later from it with --vision-init; without it a missing draft is an error."""
     import shutil
 
     import transformers
@@ -27,11 +31,17 @@ def install(config: BuildConfig, work: Path, device: str, command: str, target: 
     from vispec_bench.running.environment import capture
 
     target = target if target is not None else shipped_weights_dir(config.image_tokens)
+    if not stage_done(work, "vision"):
+        raise InputError(f"{work} has not finished stage 2 (vision): nothing to install")
+    missing = [name for name in SHIPPED_DRAFTS if not stage_done(work, f"draft-{name}")]
+    if missing and not partial:
+        raise InputError(f"{work} has not trained the draft(s) {', '.join(missing)}; finish the build, or "
+                         "install the vision side and the finished drafts on purpose (partial)")
     staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     shutil.copy(weights_of(work) / "vision.safetensors", staging / "vision.safetensors")
-    for name in SHIPPED_DRAFTS:
+    for name in (name for name in SHIPPED_DRAFTS if name not in missing):
         checkpoint = load_draft(work / "drafts" / name)
         save_draft(staging / "drafts" / name, checkpoint.state_dict, checkpoint.config, dtype=torch.bfloat16)
     stages = {path.name.removesuffix(".done.json"): json.loads(path.read_text())
@@ -44,7 +54,7 @@ def install(config: BuildConfig, work: Path, device: str, command: str, target: 
     provenance = {"command": command, "build_config": asdict(config), "device": device,
                   "environment": capture(device), "torch": torch.__version__,
                   "transformers": transformers.__version__, "python": platform.python_version(),
-                  "stages": stages, "history": history, "installed": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                  "stages": stages, "missing_drafts": missing, "history": history, "installed": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                   "total_seconds": round(sum(s.get("seconds", 0) for s in stages.values()), 1),
                   "bytes": {str(p.relative_to(staging)): p.stat().st_size
                             for p in sorted(staging.rglob("*")) if p.is_file()}}
