@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from vispec_bench.engine.adapter import cache_argument
 from vispec_bench.errors import InputError
 from vispec_bench.drafts.vocab import head_weight, to_vocab, token_map_of
 from vispec_bench.drafts import tree_settings
@@ -74,7 +75,7 @@ class EagleDraft(nn.Module):
 
     def run_layer(self, x, position_ids, attention_mask, cache=None):
         """The decoder layer on its inputs x [B, n, H] (ViSpec also feeds compressed image tokens here)."""
-        out = self.layers[0](x, attention_mask=attention_mask, position_ids=position_ids, past_key_values=cache,
+        out = self.layers[0](x, attention_mask=attention_mask, position_ids=position_ids, **cache_argument(self.layers[0], cache),
                              use_cache=cache is not None,
                              position_embeddings=self.rotary_emb(x, position_ids))
         return out[0] if isinstance(out, tuple) else out  # older transformers return a tuple

@@ -75,3 +75,25 @@ def test_text_only_model_rejects_image_samples():
     language_model_only.model = loaded.model
     with pytest.raises(ValueError, match="text-only model"):
         TargetAdapter.build_prompt(language_model_only, [], [object()])
+
+
+def test_cache_argument_uses_the_name_the_forward_takes():
+    """transformers 5.25 renamed `past_key_values` to `cache` (warning on every forward given the
+    old name); 5.17 knows only the old one. A compiled module is asked through the one it wraps."""
+    import torch
+
+    from vispec_bench.engine.adapter import cache_argument
+
+    class New(torch.nn.Module):
+        def forward(self, x, cache=None):
+            return x
+
+    class Old(torch.nn.Module):
+        def forward(self, x, past_key_values=None):
+            return x
+
+    wrapped = torch.nn.Module()
+    wrapped._orig_mod = New()  # what torch.compile's OptimizedModule holds
+    assert cache_argument(New(), 1) == {"cache": 1}
+    assert cache_argument(Old(), 1) == {"past_key_values": 1}
+    assert cache_argument(wrapped, 1) == {"cache": 1}

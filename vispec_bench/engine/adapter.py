@@ -15,6 +15,8 @@ and the positions it was given (so the rope offset comes from HF's own computati
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass, field
 
 import torch
@@ -50,6 +52,19 @@ class PrefillOutput:
     input_embeds: torch.Tensor  # [S, H] the decoder's input embeddings (image embeddings at image positions)
     image_embeds: torch.Tensor | None  # [num_image_tokens, H] decoder input at image positions
     position_offset: int  # next position = cache length + offset (Qwen2.5-VL rope delta; 0 elsewhere)
+
+
+def cache_argument(module, cache) -> dict:
+    """The cache keyword `module`'s forward takes: transformers renamed `past_key_values` to `cache`
+    (5.25 warns on every forward given the old name; 5.40 drops it), while 5.17 knows only the old one.
+    A compiled module is asked through the module it wraps."""
+    module = getattr(module, "_orig_mod", module)
+    return {_cache_keyword(type(module).forward if isinstance(module, torch.nn.Module) else module): cache}
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_keyword(forward) -> str:
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
 def _contiguous_spans(mask: torch.Tensor) -> list[tuple[int, int]]:
@@ -242,7 +257,7 @@ class TargetAdapter:
         handle = self.decoder.register_forward_pre_hook(self._capture_decoder_inputs, with_kwargs=True)
         try:
             base = self.model.model
-            out = base(**prompt.model_inputs, past_key_values=self.cache, use_cache=True,
+            out = base(**prompt.model_inputs, **cache_argument(base, self.cache), use_cache=True,
                        **self._hidden_states_request())
         finally:
             handle.remove()
@@ -296,7 +311,7 @@ class TargetAdapter:
             attention_mask = torch.zeros(1, 1, num_tokens, past + num_tokens, device=self.device, dtype=self.dtype)
             attention_mask[0, 0, :, past:].masked_fill_(~ancestor_mask, torch.finfo(self.dtype).min)
         out = self.decoder(input_ids=token_ids[None], position_ids=self.position_ids(past + depths),
-                           attention_mask=attention_mask, past_key_values=self.cache, use_cache=True,
+                           attention_mask=attention_mask, **cache_argument(self.decoder, self.cache), use_cache=True,
                            **self._hidden_states_request())
         self._length += num_tokens
         self._appended = num_tokens
@@ -331,7 +346,7 @@ class TargetAdapter:
         """One decoder forward on the static cache: float32 logits [n, V] and hidden states [n, H]
         (and the captured layer features [n, k * H] when capture_layers asked for them)."""
         out = self.decoder(input_ids=token_ids, position_ids=position_ids, attention_mask=attention_mask,
-                           past_key_values=self.cache, use_cache=True, **self._hidden_states_request())
+                           **cache_argument(self.decoder, self.cache), use_cache=True, **self._hidden_states_request())
         hidden = out.last_hidden_state[0]
         features = self._layer_features(out)
         if features is None:
