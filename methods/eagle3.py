@@ -38,7 +38,6 @@ Training (training-time test; methods/eagle3_training.py): see there.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import torch
@@ -46,6 +45,7 @@ from torch import nn
 
 from methods.eagle2 import Eagle2, Eagle2Options, Eagle2Proposer, published_config
 from vispec_bench.drafts.draft_layer import draft_layer_config
+from vispec_bench.engine.adapter import cache_argument
 from vispec_bench.errors import InputError
 
 REFERENCE_DRAFT_VOCAB = 32000  # the reference's draft_vocab_size (eagle/traineagle3/config.json)
@@ -85,16 +85,13 @@ class Eagle3Layer(nn.Module):
         attention.k_proj = nn.Linear(2 * hidden, config.num_key_value_heads * head_dim, bias=False)
         attention.v_proj = nn.Linear(2 * hidden, config.num_key_value_heads * head_dim, bias=False)
         attention.o_proj = nn.Linear(config.num_attention_heads * head_dim, hidden, bias=False)
-        # transformers renamed the attention's cache argument (past_key_values -> cache) after 5.17
-        parameters = inspect.signature(type(attention).forward).parameters
-        self._cache_argument = "cache" if "cache" in parameters else "past_key_values"
 
     def forward(self, token_embeds, hidden, position_embeddings, attention_mask, cache=None):
         """token_embeds, hidden [B, n, H] -> the layer's output [B, n, H]."""
         normed = self.hidden_norm(hidden)
         x = torch.cat([self.input_layernorm(token_embeds), normed], dim=-1)  # [B, n, 2H]
         attended = self.self_attn(hidden_states=x, position_embeddings=position_embeddings,
-                                  attention_mask=attention_mask, **{self._cache_argument: cache})[0]
+                                  attention_mask=attention_mask, **cache_argument(self.self_attn, cache))[0]
         hidden = (normed if self.norm_before_residual else hidden) + attended
         return hidden + self.mlp(self.post_attention_layernorm(hidden))
 
