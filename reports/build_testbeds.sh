@@ -22,8 +22,8 @@ COMMON=(--device "$DEVICE" --seed 0 --no-install)
 
 build_576() {
   # --vision-steps 100: the first 576 build (lost with its machine) scored 82.0 % at step 100, 83.6 % at 150, 82.8 % at 200 of 200;
-  # a real stage-2 step measured 48-50 s alone on the 2 cores (LoRA, 2 long-answer examples per batch of 8;
-  # build_cost.py's synthetic step without them: 17-30 s), so 100 steps (~80 min) leave the data and draft
+  # a real stage-2 step measured 39-50 s alone on the 2 cores (LoRA, 2 long-answer examples per batch of 8;
+  # build_cost.py's synthetic step without them: 17-30 s), so 100 steps (77 min measured) leave the data and draft
   # stages time in the same sitting; 1.6 points on 128 questions is two answers.
   python -m vispec_bench testbed build --image-tokens 576 --work "$WORK/build576" "${COMMON[@]}" \
     --pretrain-steps 300 --pretrain-batch 32 \
