@@ -197,3 +197,29 @@ def test_balanced_order_lets_each_question_group_take_turns_and_visits_every_que
     assert set(Counter(groups).values()) == {20}  # 5 groups, 100 draws: each group a fifth, whatever its size
     assert set(order[:50]) >= set(range(50, 60))  # the rare "shape yes" questions all come up early
     assert balanced_order(questions, answers, seed=0) == order != balanced_order(questions, answers, seed=1)
+
+
+def test_shipped_576_setting_has_its_own_drafts_trained_at_576_and_lossless():
+    """weights-576/ is a complete build of the 576 setting (no draft missing), and its EAGLE-2 and ViSpec
+    drafts are trained for it: lossless on the real SmolLM2, several tokens a round (a random draft
+    gives ~1), EAGLE-2's draft reading all 576 image tokens and ViSpec's adaptor compressing them."""
+    from conftest import prepared
+
+    folder = testbed_module.shipped_weights_dir(576)
+    provenance = json.loads((folder / "provenance.json").read_text())
+    assert provenance["build_config"]["image_tokens"] == 576 and provenance["missing_drafts"] == []
+    loaded = load_model("testbed-576", torch.float32, "cpu")
+    assert loaded.default_drafts == {kind: str(folder / "drafts" / kind) for kind in (
+        "eagle2", "medusa", "vispec", "vispec-noadaptor", "vispec-noglobal", "eaglevlm", "specvlm", "eagle3")}
+    adapter = make_adapter(loaded.model, loaded.processor)
+    sample = easyvqa_samples(limit=1)[0]
+    prompt = adapter.build_prompt(sample.messages, sample.images)
+    ar = decode(adapter, prompt, None, 32, SamplingConfig())
+    costs = {}
+    for name in ("eagle2", "vispec"):
+        method = prepared(name, adapter, draft=loaded.default_drafts[name])
+        result = decode(adapter, prompt, method.make_proposer(adapter, None), 32, SamplingConfig())
+        assert result.new_ids == ar.new_ids, name
+        assert sum(result.accepted_lengths) / result.num_rounds > 2.0, name
+        costs[name] = result.draft_cost["visual_tokens"]
+    assert costs["eagle2"] == 576 and costs["vispec"] < 576
