@@ -2,6 +2,7 @@
 under its own name, and stage 2 of the build starting from another build's weights."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -211,6 +212,9 @@ def test_shipped_576_setting_has_its_own_drafts_trained_at_576_and_lossless():
     loaded = load_model("testbed-576", torch.float32, "cpu")
     assert loaded.default_drafts == {kind: str(folder / "drafts" / kind) for kind in (
         "eagle2", "medusa", "vispec", "vispec-noadaptor", "vispec-noglobal", "eaglevlm", "specvlm", "eagle3")}
+    for kind, path in loaded.default_drafts.items():  # trained against this setting, not copied from the 64 build
+        config = json.loads((Path(path) / "draft_config.json").read_text())
+        assert config["target"]["name_or_path"] == "vispec-bench/testbed-576", kind
     adapter = make_adapter(loaded.model, loaded.processor)
     sample = easyvqa_samples(limit=1)[0]
     prompt = adapter.build_prompt(sample.messages, sample.images)

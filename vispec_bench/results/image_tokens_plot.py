@@ -47,38 +47,48 @@ def wanted(series: dict[tuple, list]) -> bool:
     return any(len({x for x, _ in found}) > 1 for found in series.values())
 
 
+HIGHLIGHTED = ("eagle2", "vispec")  # the pair the plot is asked for; the other methods are drawn faint
+
+
 def plot(series: dict[tuple, list[tuple[float, dict]]], path) -> None:
     """One line per method (with its suite and prompt mode where the report holds several):
-    τ with its 95 % bootstrap interval at each setting; log-2 x axis when the settings span 4x or more."""
+    τ with its 95 % bootstrap interval at each setting; log-2 x axis when the settings span 4x or more.
+    EAGLE-2 and ViSpec stand out; the lines are nudged apart sideways so their error bars do not hide
+    each other; a common sample count goes in the title instead of beside every point."""
     import matplotlib.pyplot as plt
 
     several = len({key[1:] for key in series}) > 1
     settings = sorted({x for found in series.values() for x, _ in found})
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for (method, suite, mode), found in series.items():
+    counts = {figures["num_samples"] for found in series.values() for _, figures in found}
+    log = len(settings) > 1 and settings[-1] >= 4 * settings[0]
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    for index, ((method, suite, mode), found) in enumerate(series.items()):
         found = sorted(found, key=lambda item: item[0])
-        xs = [x for x, _ in found]
+        nudge = (index - (len(series) - 1) / 2) * 0.025  # in log2 units, or a fraction of x when linear
+        xs = [x * 2 ** nudge if log else x * (1 + nudge / 4) for x, _ in found]
         taus = [f["mean_accepted_length"] for _, f in found]
         below = [t - f["mean_accepted_length_ci_low"] if f.get("mean_accepted_length_ci_low") is not None else 0
                  for t, (_, f) in zip(taus, found)]
         above = [f["mean_accepted_length_ci_high"] - t if f.get("mean_accepted_length_ci_high") is not None else 0
                  for t, (_, f) in zip(taus, found)]
         label = method + (f" ({suite}, {mode})" if several else "")
-        ax.errorbar(xs, taus, yerr=[below, above], marker="o", capsize=3, label=label)
-        for x, tau, (_, figures) in zip(xs, taus, found):
-            ax.annotate(f"n={figures['num_samples']}", (x, tau), textcoords="offset points", xytext=(4, -10),
-                        fontsize=7)
-    log = len(settings) > 1 and settings[-1] >= 4 * settings[0]
+        style = ({"linewidth": 2.4, "zorder": 3} if method in HIGHLIGHTED else {"linewidth": 1, "alpha": 0.45})
+        ax.errorbar(xs, taus, yerr=[below, above], marker="o", capsize=3, label=label, **style)
+        if len(counts) > 1:
+            for x, tau, (_, figures) in zip(xs, taus, found):
+                ax.annotate(f"n={figures['num_samples']}", (x, tau), textcoords="offset points", xytext=(4, -10),
+                            fontsize=7)
     if log:
         ax.set_xscale("log", base=2)
     ax.set_xticks(settings, [f"{x:g}" for x in settings])
     ax.minorticks_off()
-    ax.margins(x=0.12)  # room for the n= labels at the outer settings
+    ax.margins(x=0.12)
     ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
     ax.set_xlabel("image tokens per image" + (" (log scale)" if log else ""))
     ax.set_ylabel("tau (mean accepted length)")
-    ax.set_title("tau against image tokens per image")
-    ax.legend(fontsize=8)
+    ax.set_title("tau against image tokens per image" + (f" (n = {counts.pop()} samples per point)"
+                                                          if len(counts) == 1 else ""))
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     save_figure(fig, path)
 
 
