@@ -101,8 +101,13 @@ def test_lora_factors_round_trip_and_a_wrong_rank_is_refused(tmp_path):
     target.load_exported(exported, tmp_path)
     assert all(torch.equal(target.A[k], source.A[k]) and torch.equal(target.B[k], source.B[k]) for k in source.A)
     target.remove()
-    with pytest.raises(ValueError, match="rank-4 LoRA factors.*--lora-rank"):
-        LanguageLoRA(model, rank=4).load_exported(exported, tmp_path)
+    wider = LanguageLoRA(model, rank=4)  # a higher rank continues the factors: same B·A, room to learn more
+    wider.load_exported(exported, tmp_path)
+    assert all(torch.allclose(wider.B[k] @ wider.A[k], source.B[k] @ source.A[k]) for k in source.A)
+    assert all(torch.count_nonzero(wider.B[k][:, 2:]) == 0 for k in source.A)
+    wider.remove()
+    with pytest.raises(ValueError, match="rank 1 or lower.*--lora-rank"):
+        LanguageLoRA(model, rank=1).load_exported(exported, tmp_path)
 
 
 def test_lora_on_more_projections_starts_the_new_ones_fresh_and_refuses_unknown_names(tmp_path):

@@ -81,19 +81,25 @@ class LanguageLoRA(nn.Module):
 
     def load_exported(self, state: dict[str, torch.Tensor], source: Path) -> None:
         """Start from factors export() wrote (another build's vision.safetensors). A projection the
-        source did not adapt at all starts fresh (B = 0: no change to the model)."""
+        source did not adapt at all starts fresh (B = 0: no change to the model). A higher rank than
+        the source's continues its factors: they fill the first rows of A and columns of B, the
+        added columns of B are 0, so the adapted model starts as the source's exactly (the hooks
+        apply B·A unscaled); a lower rank cannot hold them and is refused."""
         adapted = {name.split(".")[3] for name in state if name.startswith("lora.layers.")}
         for key in self.A:
             index, projection = key.split("_", 1)
             if projection not in adapted:
                 continue
             a, b = state.get(lora_key(int(index), projection, "A")), state.get(lora_key(int(index), projection, "B"))
-            if a is None or b is None or a.shape != self.A[key].shape or b.shape != self.B[key].shape:
-                raise ValueError(f"{source} has no rank-{self.A[key].shape[0]} LoRA factors for layer {index} "
-                                 f"{projection}: pass its --lora-rank or another --vision-init")
+            rank = self.A[key].shape[0]
+            if (a is None or b is None or a.shape[0] > rank or a.shape[1:] != self.A[key].shape[1:]
+                    or b.shape != (self.B[key].shape[0], a.shape[0])):
+                raise ValueError(f"{source} has no LoRA factors of rank {rank} or lower for layer {index} "
+                                 f"{projection}: pass its --lora-rank (or a higher one) or another --vision-init")
             with torch.no_grad():
-                self.A[key].copy_(a.float())
-                self.B[key].copy_(b.float())
+                self.A[key][:a.shape[0]].copy_(a.float())
+                self.B[key].zero_()
+                self.B[key][:, :b.shape[1]].copy_(b.float())
 
     def remove(self) -> None:
         for handle in self.handles:
