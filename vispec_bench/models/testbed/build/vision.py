@@ -94,8 +94,11 @@ class LanguageLoRA(nn.Module):
             rank = self.A[key].shape[0]
             if (a is None or b is None or a.shape[0] > rank or a.shape[1:] != self.A[key].shape[1:]
                     or b.shape != (self.B[key].shape[0], a.shape[0])):
+                found = "none" if a is None or b is None else f"A {tuple(a.shape)}, B {tuple(b.shape)}"
                 raise ValueError(f"{source} has no LoRA factors of rank {rank} or lower for layer {index} "
-                                 f"{projection}: pass its --lora-rank (or a higher one) or another --vision-init")
+                                 f"{projection} (expected A (r, {self.A[key].shape[1]}), B "
+                                 f"({self.B[key].shape[0]}, r) with r <= {rank}; found {found}): pass its "
+                                 f"--lora-rank (or a higher one) or another --vision-init")
             with torch.no_grad():
                 self.A[key][:a.shape[0]].copy_(a.float())
                 self.B[key].zero_()
