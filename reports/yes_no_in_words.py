@@ -1,6 +1,6 @@
 """Can SmolLM2-135M answer easy-VQA questions when it is *told* the image in words?
 
-    PYTHONPATH=. python reports/yes_no_in_words.py [--per-type 100]
+    PYTHONPATH=. python reports/yes_no_in_words.py [--per-type 100] [--lora-steps 300]
 
 The vision stage plateaus below 90 % short-answer accuracy, and the misses are yes/no questions
 about the shape (reports/short_answer_errors.py). This asks how much of that is the language model
@@ -11,6 +11,13 @@ circle."), so it is scored by forced choice: the allowed answer (yes/no, a shape
 ranks highest at the answer's first position. The trained testbed is not asked: its LoRA learned to
 read the image tokens and ignores such a sentence (it answers "black" to "The image shows a red
 triangle. What is the color of the triangle?"), so its text-only answers fall back on priors.
+
+With --lora-steps N the question becomes: can the vision stage's language-side training teach the
+135M model these questions when the image arrives as words? A fresh LoRA with stage 2's settings
+(rank 8 on q/v, AdamW lr 1e-3, batch 8, warm-up then cosine, question groups balanced) trains N
+steps on the told-in-words *train* questions, then the same test questions are scored by the
+model's greedy first token (the vision stage's held-out measure). If it learns them, the 135M
+language model with rank-8 LoRA is not what caps the vision stage.
 """
 
 from __future__ import annotations
@@ -34,9 +41,17 @@ def prompts_by_type(per_type: int) -> dict[str, list[tuple[str, str]]]:
         facts = labels.get(int(image_id), {})
         kind = question_type(question.lower(), answer)
         if "shape" in facts and "color" in facts and len(chosen[kind]) < per_type:
-            text = f"The image shows a {facts['color']} {facts['shape']}. {question}\n{SHORT_ANSWER_INSTRUCTION}"
-            chosen[kind].append((text, answer))
+            chosen[kind].append((told_in_words(facts, question), answer))
     return dict(chosen)
+
+
+def told_in_words(facts: dict[str, str], question: str) -> str:
+    return f"The image shows a {facts['color']} {facts['shape']}. {question}\n{SHORT_ANSWER_INSTRUCTION}"
+
+
+def chat_ids(tokenizer, text: str) -> list[int]:
+    return tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                         return_dict=True)["input_ids"]
 
 
 def candidates(answer: str) -> tuple[str, ...]:
@@ -54,14 +69,8 @@ def forced_choice_accuracy(model, tokenizer, items: list[tuple[str, str]], batch
     right = 0
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
-        ids = [tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                             return_dict=True)["input_ids"] for text, _ in chunk]
-        width = max(map(len, ids))
-        input_ids = torch.zeros((len(ids), width), dtype=torch.long)
-        attention = torch.zeros_like(input_ids)
-        for row, seq in enumerate(ids):
-            input_ids[row, :len(seq)] = torch.tensor(seq)
-            attention[row, :len(seq)] = 1
+        ids = [chat_ids(tokenizer, text) for text, _ in chunk]
+        input_ids, attention, _ = padded(ids)
         logits = model(input_ids=input_ids, attention_mask=attention).logits
         last = logits[torch.arange(len(ids)), torch.tensor([len(seq) for seq in ids]) - 1]
         for row, (_, answer) in enumerate(chunk):
@@ -71,14 +80,92 @@ def forced_choice_accuracy(model, tokenizer, items: list[tuple[str, str]], batch
     return right / len(items)
 
 
+@torch.inference_mode()
+def greedy_first_token_accuracy(model, tokenizer, items: list[tuple[str, str]], batch_size: int = 16) -> float:
+    """Share of items whose answer's first token is the model's top token over the whole vocabulary."""
+    right = 0
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
+        ids = [chat_ids(tokenizer, text) for text, _ in chunk]
+        input_ids, attention, _ = padded(ids)
+        logits = model(input_ids=input_ids, attention_mask=attention).logits
+        last = logits[torch.arange(len(ids)), torch.tensor([len(seq) for seq in ids]) - 1].argmax(-1)
+        right += sum(int(last[row]) == tokenizer(answer, add_special_tokens=False)["input_ids"][0]
+                     for row, (_, answer) in enumerate(chunk))
+    return right / len(items)
+
+
+def padded(sequences: list[list[int]], answer_from: list[int] | None = None):
+    """Right-padded ids, attention mask and labels (the tokens from answer_from[row] on; else none)."""
+    width = max(map(len, sequences))
+    input_ids = torch.zeros((len(sequences), width), dtype=torch.long)
+    attention = torch.zeros_like(input_ids)
+    labels = torch.full_like(input_ids, -100)
+    for row, seq in enumerate(sequences):
+        input_ids[row, :len(seq)] = torch.tensor(seq)
+        attention[row, :len(seq)] = 1
+        if answer_from is not None:
+            labels[row, answer_from[row]:len(seq)] = torch.tensor(seq[answer_from[row]:])
+    return input_ids, attention, labels
+
+
+def train_lora_told_in_words(model, tokenizer, steps: int, seed: int = 0):
+    """Stage 2's LoRA (rank 8 on q/v, its optimiser, schedule and balanced question groups), trained
+    on the train split's questions with the image told in words; returns the LoRA (hooks attached)."""
+    from suites.easyvqa import image_labels
+    from tqdm.auto import tqdm
+
+    from vispec_bench.drafts.training import lr_factor
+    from vispec_bench.models.testbed.build.vision import LanguageLoRA
+    from vispec_bench.models.testbed.build.vision_examples import balanced_order
+
+    train = EasyVQA(prompt_mode="short", split="train")
+    labels = image_labels("train")
+    usable = [i for i, image_id in enumerate(train.image_ids) if {"shape", "color"} <= set(labels.get(int(image_id), {}))]
+    order = [usable[i] for i in balanced_order([train.questions[i] for i in usable],
+                                               [train.answers[i] for i in usable], seed + 1)]
+    end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    for param in model.parameters():
+        param.requires_grad_(False)
+    lora = LanguageLoRA(model, rank=8)
+    optimizer = torch.optim.AdamW(lora.parameters(), lr=1e-3, weight_decay=0.0)
+    model.train()
+    for step in tqdm(range(steps), desc="LoRA, image told in words"):
+        for group in optimizer.param_groups:
+            group["lr"] = 1e-3 * lr_factor(step, 20, steps)
+        chunk = [order[(step * 8 + j) % len(order)] for j in range(8)]
+        prompts = [chat_ids(tokenizer, told_in_words(labels[int(train.image_ids[i])], train.questions[i]))
+                   for i in chunk]
+        answers = [tokenizer(train.answers[i], add_special_tokens=False)["input_ids"] + [end_id] for i in chunk]
+        input_ids, attention, target = padded([p + a for p, a in zip(prompts, answers)], [len(p) for p in prompts])
+        loss = model(input_ids=input_ids, attention_mask=attention, labels=target).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(lora.parameters()), 1.0)
+        optimizer.step()
+    model.eval()
+    return lora
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-type", type=int, default=100)
+    parser.add_argument("--lora-steps", type=int, default=0,
+                        help="train stage 2's LoRA this many steps on the told-in-words train questions first")
     args = parser.parse_args()
     from vispec_bench.models.testbed.model import build_untrained_testbed
 
     items = prompts_by_type(args.per_type)
     model, processor = build_untrained_testbed()[:2]  # SmolLM2's own weights: no LoRA, the image unused
+    if args.lora_steps:
+        torch.manual_seed(0)
+        train_lora_told_in_words(model, processor.tokenizer, args.lora_steps)
+        print(f"| question type (image told in words) | n | after {args.lora_steps} LoRA steps, greedy first token |")
+        print("|---|---|---|")
+        for kind in sorted(items):
+            accuracy = greedy_first_token_accuracy(model, processor.tokenizer, items[kind])
+            print(f"| {kind} | {len(items[kind])} | {accuracy:.1%} |")
+        return
     print("| question type (image told in words) | n | chance | most common answer | "
           "SmolLM2-135M-Instruct, forced choice |")
     print("|---|---|---|---|---|")

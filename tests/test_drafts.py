@@ -247,6 +247,39 @@ def test_draft_for_another_target_fails_with_a_clear_message(tmp_path):
         prepared("eagle2", adapter, draft=tmp_path / "nope")
 
 
+def test_draft_named_for_another_target_warns_and_the_record_says_which(tmp_path, capsys, monkeypatch):
+    """Same shapes, another target name (the testbed's 64 and 576 settings share SmolLM2): the draft
+    loads, but with a warning, and resolved_draft (which the run records) names its target. A hub id
+    and a local copy of the same model ("org/model" vs ".../model") are not a mismatch."""
+    source = trained_draft("tiny-llava", "eagle2")
+    _, adapter = tiny_by_name("tiny-llava")
+    own_name = "vispec-bench/tiny-llava"  # tiny models are unnamed: name this one for the test
+    monkeypatch.setattr(adapter.model.config, "_name_or_path", own_name)
+
+    def renamed(name, target_name):
+        copy = tmp_path / name
+        shutil.copytree(source, copy)
+        config = json.loads((copy / "draft_config.json").read_text())
+        config["target"]["name_or_path"] = target_name
+        (copy / "draft_config.json").write_text(json.dumps(config))
+        return copy
+
+    capsys.readouterr()
+    own = prepared("eagle2", adapter, draft=renamed("own", own_name))
+    prepared("eagle2", adapter, draft=renamed("local", "/models/tiny-llava"))
+    assert own.resolved_draft["trained_for"] == own_name
+    assert "warning" not in capsys.readouterr().err
+    other = prepared("eagle2", adapter, draft=renamed("other", "someone/another-model"))
+    err = capsys.readouterr().err
+    assert "warning: the eagle2 draft was trained for 'someone/another-model'" in err and repr(own_name) in err
+    assert other.resolved_draft["trained_for"] == "someone/another-model"
+    # the weights (sha256) decide the config hash, not the recorded name: records made before
+    # trained_for existed stay comparable
+    before = other.config_hash()
+    other.resolved_draft.pop("trained_for")
+    assert other.config_hash() == before
+
+
 def test_published_eagle_layout_loads_and_drafts_identically(tmp_path):
     _, adapter = tiny_by_name("tiny-llava")
     ours = prepared("eagle2", adapter, draft=trained_draft("tiny-llava", "eagle2"))

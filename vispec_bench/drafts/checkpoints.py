@@ -112,6 +112,31 @@ def check_target(checkpoint: DraftCheckpoint, adapter, method: str, compatible: 
                 f"({target.get('name_or_path') or 'unnamed'}), but this target has {key}={here[key]}")
 
 
+def trained_for(checkpoint: DraftCheckpoint) -> str | None:
+    """The target name the draft's config records (ours only; published layouts name none)."""
+    return (checkpoint.config.get("target") or {}).get("name_or_path") or None
+
+
+def same_model_name(a: str, b: str) -> bool:
+    """Whether two model names plausibly mean one model: equal, or the same last path component
+    (a hub id "org/model" and a local copy ".../model" of it)."""
+    def last(name: str) -> str:
+        return name.rstrip("/").rsplit("/", 1)[-1].lower()
+    return a == b or last(a) == last(b)
+
+
+def target_name_warning(checkpoint: DraftCheckpoint, adapter, method: str) -> str | None:
+    """A warning when the draft names another target than this one. Not an error: check_target has
+    already found the shapes compatible, and a draft may well serve a sibling model; but it was not
+    trained on this target's features (the testbed's 64- and 576-token settings share SmolLM2, so a
+    draft of one loads on the other without a shape mismatch), so its acceptance measures something else."""
+    name, here = trained_for(checkpoint), target_signature(adapter)["name_or_path"]
+    if not name or not here or same_model_name(name, here):
+        return None
+    return (f"the {method} draft was trained for {name!r}, but this target is {here!r}: its acceptance "
+            "here measures a draft of another model (the run records `trained_for`)")
+
+
 def load_matching(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], what: str,
                   ignore_prefixes: tuple[str, ...] = ()) -> None:
     """load_state_dict with messages that name missing, unexpected and mis-shaped keys."""

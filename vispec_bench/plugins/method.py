@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import sys
 import typing
 from dataclasses import dataclass
 
@@ -33,7 +34,9 @@ class Method:
     Options: type = NoOptions
     lossless: bool = True  # False only for options that change the output distribution (e.g. typical acceptance)
     preset: dict = {}  # options a registry entry sets (an ablation), under the user's --method-args
-    resolved_draft: dict | None = None  # {"path", "weights", "sha256", "source"} of the draft this run loads, if any
+    # {"path", "weights", "sha256", "source"} of the draft this run loads, if any, and once loaded
+    # "trained_for": the target its config names (None for published layouts)
+    resolved_draft: dict | None = None
 
     def __init__(self, options=None):
         self.options = options if options is not None else self.Options()
@@ -71,7 +74,8 @@ class Method:
         keeps it. The default engine (eager) adds nothing, so hashes from before engines existed hold."""
         described = self.describe()
         if "draft" in described:
-            described["draft"] = {k: v for k, v in described["draft"].items() if k != "path"}
+            # trained_for is read from the draft's own config, which its sha256 already covers
+            described["draft"] = {k: v for k, v in described["draft"].items() if k not in ("path", "trained_for")}
         if engine != "eager":
             described["engine"] = engine
         blob = json.dumps(described, sort_keys=True, default=str).encode()
@@ -135,7 +139,8 @@ class DraftMethod(Method):
 
     def load_draft_network(self, adapter):
         """The draft resolve() chose, on the target's device and dtype, in eval mode."""
-        from vispec_bench.drafts.checkpoints import check_target, load_draft, refuse_full_model
+        from vispec_bench.drafts.checkpoints import (check_target, load_draft, refuse_full_model, target_name_warning,
+                                                     trained_for)
 
         if self.resolved_draft is None:
             self.resolve({})  # prepared outside a run: the options alone decide
@@ -144,6 +149,9 @@ class DraftMethod(Method):
         if source is not None:
             checkpoint = load_draft(source)
             check_target(checkpoint, adapter, self.draft_kind, self.compatible_checkpoints)
+            self.resolved_draft["trained_for"] = trained_for(checkpoint)
+            if (warning := target_name_warning(checkpoint, adapter, self.name)) is not None:
+                print(f"vispec-bench: warning: {warning}", file=sys.stderr)
             if checkpoint.layout == "published":
                 what = f"{self.name} draft {source} ({checkpoint.file})"
                 refuse_full_model(checkpoint, what)  # first, for every method: before its own checks
