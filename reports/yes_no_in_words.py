@@ -59,6 +59,16 @@ def candidates(answer: str) -> tuple[str, ...]:
     return ("yes", "no") if answer in ("yes", "no") else SHAPES if answer in SHAPES else COLORS
 
 
+def answer_logits(model, tokenizer, items: list[tuple[str, str]], batch_size: int):
+    """(chunk of items, the logits at each one's answer position), batch by batch."""
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
+        ids = [chat_ids(tokenizer, text) for text, _ in chunk]
+        input_ids, attention, _ = padded(ids)
+        logits = model(input_ids=input_ids, attention_mask=attention).logits
+        yield chunk, logits[torch.arange(len(ids)), torch.tensor([len(seq) for seq in ids]) - 1]
+
+
 @torch.inference_mode()
 def forced_choice_accuracy(model, tokenizer, items: list[tuple[str, str]], batch_size: int = 16) -> float:
     """The allowed answer whose first token (lower case or capitalised, with or without a leading
@@ -67,12 +77,7 @@ def forced_choice_accuracy(model, tokenizer, items: list[tuple[str, str]], batch
                         for v in (word, word.capitalize(), " " + word, " " + word.capitalize())]
                  for word in ("yes", "no", *SHAPES, *COLORS)}
     right = 0
-    for start in range(0, len(items), batch_size):
-        chunk = items[start:start + batch_size]
-        ids = [chat_ids(tokenizer, text) for text, _ in chunk]
-        input_ids, attention, _ = padded(ids)
-        logits = model(input_ids=input_ids, attention_mask=attention).logits
-        last = logits[torch.arange(len(ids)), torch.tensor([len(seq) for seq in ids]) - 1]
+    for chunk, last in answer_logits(model, tokenizer, items, batch_size):
         for row, (_, answer) in enumerate(chunk):
             options = candidates(answer)
             scores = [float(last[row, first_ids[word]].max()) for word in options]
@@ -84,13 +89,9 @@ def forced_choice_accuracy(model, tokenizer, items: list[tuple[str, str]], batch
 def greedy_first_token_accuracy(model, tokenizer, items: list[tuple[str, str]], batch_size: int = 16) -> float:
     """Share of items whose answer's first token is the model's top token over the whole vocabulary."""
     right = 0
-    for start in range(0, len(items), batch_size):
-        chunk = items[start:start + batch_size]
-        ids = [chat_ids(tokenizer, text) for text, _ in chunk]
-        input_ids, attention, _ = padded(ids)
-        logits = model(input_ids=input_ids, attention_mask=attention).logits
-        last = logits[torch.arange(len(ids)), torch.tensor([len(seq) for seq in ids]) - 1].argmax(-1)
-        right += sum(int(last[row]) == tokenizer(answer, add_special_tokens=False)["input_ids"][0]
+    for chunk, last in answer_logits(model, tokenizer, items, batch_size):
+        top = last.argmax(-1)
+        right += sum(int(top[row]) == tokenizer(answer, add_special_tokens=False)["input_ids"][0]
                      for row, (_, answer) in enumerate(chunk))
     return right / len(items)
 
