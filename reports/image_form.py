@@ -53,19 +53,9 @@ class OracleImages:
         return self.labels[int(self.examples.suite.image_ids[index])]
 
     def batch(self, indices: list[int], with_answer: bool, classes: torch.Tensor | None):
-        sequences, masks = [], []
-        for index in indices:
-            prompt = self.examples.prompt_ids(index)
-            answer = self.examples.answer_ids(index) if with_answer else []
-            sequences.append(prompt + answer)
-            masks.append([False] * len(prompt) + [True] * len(answer))
-        width = max(map(len, sequences))
-        ids = torch.zeros((len(sequences), width), dtype=torch.long)
-        attention, labels = torch.zeros_like(ids), torch.full_like(ids, -100)
-        for row, (sequence, mask) in enumerate(zip(sequences, masks)):
-            ids[row, :len(sequence)] = torch.tensor(sequence)
-            attention[row, :len(sequence)] = 1
-            labels[row, :len(sequence)] = torch.where(torch.tensor(mask), torch.tensor(sequence), -100)
+        # stage 2's own batching (its prompts, padding and answer labels); the images it also
+        # processes (once per image, cached) go unused
+        ids, attention, labels, _, lengths = self.examples.batch(indices, with_answer, device="cpu")
         is_image = ids == self.image_token
         x = self.embed(torch.where(is_image, 0, ids))
         for row, index in enumerate(indices):
@@ -76,7 +66,7 @@ class OracleImages:
                 half = len(positions) // 2
                 x[row, positions[:half]] = self.word[facts["color"]]
                 x[row, positions[half:]] = self.word[facts["shape"]]
-        return x, attention, labels, [len(s) for s in sequences]
+        return x, attention, labels, lengths
 
 
 @torch.no_grad()

@@ -74,7 +74,8 @@ class Method:
         keeps it. The default engine (eager) adds nothing, so hashes from before engines existed hold."""
         described = self.describe()
         if "draft" in described:
-            # trained_for is read from the draft's own config, which its sha256 already covers
+            # the weights' sha256 identifies the draft; trained_for (the name its config records,
+            # known only once loaded) is information about it, kept out so resumed runs match
             described["draft"] = {k: v for k, v in described["draft"].items() if k not in ("path", "trained_for")}
         if engine != "eager":
             described["engine"] = engine
