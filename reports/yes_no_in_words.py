@@ -27,7 +27,8 @@ from collections import Counter, defaultdict
 
 import torch
 
-from suites.easyvqa import COLORS, SHAPES, SHORT_ANSWER_INSTRUCTION, EasyVQA
+from suites.easyvqa import COLORS, SHAPES, EasyVQA
+from vispec_bench.models.testbed.build.words import chat_ids, padded, told_in_words
 from reports.short_answer_errors import question_type
 
 
@@ -43,15 +44,6 @@ def prompts_by_type(per_type: int) -> dict[str, list[tuple[str, str]]]:
         if "shape" in facts and "color" in facts and len(chosen[kind]) < per_type:
             chosen[kind].append((told_in_words(facts, question), answer))
     return dict(chosen)
-
-
-def told_in_words(facts: dict[str, str], question: str) -> str:
-    return f"The image shows a {facts['color']} {facts['shape']}. {question}\n{SHORT_ANSWER_INSTRUCTION}"
-
-
-def chat_ids(tokenizer, text: str) -> list[int]:
-    return tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                         return_dict=True)["input_ids"]
 
 
 def candidates(answer: str) -> tuple[str, ...]:
@@ -96,55 +88,16 @@ def greedy_first_token_accuracy(model, tokenizer, items: list[tuple[str, str]], 
     return right / len(items)
 
 
-def padded(sequences: list[list[int]], answer_from: list[int] | None = None):
-    """Right-padded ids, attention mask and labels (the tokens from answer_from[row] on; else none)."""
-    width = max(map(len, sequences))
-    input_ids = torch.zeros((len(sequences), width), dtype=torch.long)
-    attention = torch.zeros_like(input_ids)
-    labels = torch.full_like(input_ids, -100)
-    for row, seq in enumerate(sequences):
-        input_ids[row, :len(seq)] = torch.tensor(seq)
-        attention[row, :len(seq)] = 1
-        if answer_from is not None:
-            labels[row, answer_from[row]:len(seq)] = torch.tensor(seq[answer_from[row]:])
-    return input_ids, attention, labels
-
-
 def train_lora_told_in_words(model, tokenizer, steps: int, seed: int = 0):
-    """Stage 2's LoRA (rank 8 on q/v, its optimiser, schedule and balanced question groups), trained
-    on the train split's questions with the image told in words; returns the LoRA (hooks attached)."""
-    from suites.easyvqa import image_labels
-    from tqdm.auto import tqdm
-
-    from vispec_bench.drafts.training import lr_factor
+    """Stage 2's LoRA (rank 8 on q/v) trained as the build's --lora-words-steps trains it; returns
+    the LoRA (hooks attached)."""
+    from vispec_bench.models.testbed.build import words
     from vispec_bench.models.testbed.build.vision import LanguageLoRA
-    from vispec_bench.models.testbed.build.vision_examples import balanced_order
 
-    train = EasyVQA(prompt_mode="short", split="train")
-    labels = image_labels("train")
-    usable = [i for i, image_id in enumerate(train.image_ids) if {"shape", "color"} <= set(labels.get(int(image_id), {}))]
-    order = [usable[i] for i in balanced_order([train.questions[i] for i in usable],
-                                               [train.answers[i] for i in usable], seed + 1)]
-    end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
     for param in model.parameters():
         param.requires_grad_(False)
     lora = LanguageLoRA(model, rank=8)
-    optimizer = torch.optim.AdamW(lora.parameters(), lr=1e-3, weight_decay=0.0)
-    model.train()
-    for step in tqdm(range(steps), desc="LoRA, image told in words"):
-        for group in optimizer.param_groups:
-            group["lr"] = 1e-3 * lr_factor(step, 20, steps)
-        chunk = [order[(step * 8 + j) % len(order)] for j in range(8)]
-        prompts = [chat_ids(tokenizer, told_in_words(labels[int(train.image_ids[i])], train.questions[i]))
-                   for i in chunk]
-        answers = [tokenizer(train.answers[i], add_special_tokens=False)["input_ids"] + [end_id] for i in chunk]
-        input_ids, attention, target = padded([p + a for p, a in zip(prompts, answers)], [len(p) for p in prompts])
-        loss = model(input_ids=input_ids, attention_mask=attention, labels=target).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(lora.parameters()), 1.0)
-        optimizer.step()
-    model.eval()
+    words.train_lora_told_in_words(model, lora, tokenizer, steps, seed)
     return lora
 
 

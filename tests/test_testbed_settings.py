@@ -186,7 +186,17 @@ def test_vision_init_takes_tower_and_projector_only_from_the_same_setting(tmp_pa
             assert torch.equal(model.state_dict()[key], expected), (tokens, key)
         assert all(torch.count_nonzero(b) for b in fresh.B.values())  # the LoRA factors came in both cases
         fresh.remove()
-    assert [entry["tower_and_projector"] for entry in logged] == [True, False]
+    assert [(entry["tower"], entry["projector"]) for entry in logged] == [(True, True), (False, False)]
+    # another kind of projector (the words one): the tower only; its LoRA read the MLP's tokens, so fresh
+    model, _ = testbed_module.build_untrained_testbed(seed=2, projector="words")
+    readout = {k: v.clone() for k, v in model.model.multi_modal_projector.state_dict().items()}
+    fresh = LanguageLoRA(model, rank=2)
+    loaded = start_from(model, fresh, tmp_path, lambda **entry: logged.append(entry))
+    assert loaded == {"lora": False, "tower": True, "projector": False}
+    assert torch.equal(model.state_dict()[tower], source.state_dict()[tower].to(torch.bfloat16).float())
+    assert all(torch.equal(v, readout[k]) for k, v in model.model.multi_modal_projector.state_dict().items())
+    assert not any(torch.count_nonzero(b) for b in fresh.B.values())
+    assert (logged[-1]["tower"], logged[-1]["projector"], logged[-1]["lora"]) == (True, False, False)
 
 
 def test_balanced_order_lets_each_question_group_take_turns_and_visits_every_question():

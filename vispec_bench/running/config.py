@@ -202,12 +202,17 @@ class BuildConfig(MachineSettings):
                                     "patch 4; --model testbed-576) or 256 (64x64, patch 4)")
     pretrain_steps: int = setting(300, "stage 1: vision-tower pretraining steps")
     pretrain_batch: int = setting(64, "stage 1 batch size")
+    projector: str = setting("mlp", "stage 2's projector: mlp (LLaVA's two-layer MLP) or words (each image "
+                                    "position a mix of the colour or shape words' embeddings; fitted as probes first)")
     vision_steps: int = setting(1000, "stage 2: vision alignment steps")
     vision_batch: int = setting(8, "stage 2 batch size")
     vision_lr: float = setting(1e-3, "stage 2 learning rate")
     vision_target: float = setting(0.93, "held-out first-token accuracy that ends stage 2 early")
     vision_train_tower: bool = setting(False, "stage 2 also trains the vision tower (default: only projector + "
                                               "LoRA)", flag="--train-tower")
+    lora_words_steps: int = setting(0, "stage 2 first trains its LoRA this many steps on the train questions with "
+                                       "the image told in words ('The image shows a red circle. <question>'), "
+                                       "text only (for --projector words; not when the LoRA comes from --vision-init)")
     lora_rank: int = setting(8, "LoRA rank on the language model's projections in stage 2 (0 = frozen)")
     lora_targets: list[str] = setting(factory=lambda: ["q_proj", "v_proj"], metavar="P1,P2,...",
                                       help="the language model's projections stage 2 adapts with LoRA, of q_proj, "

@@ -7,7 +7,9 @@
 - Image token: SmolLM2's vocabulary has unused special tokens (ids 3-16, code-dataset markers);
   the testbed reuses `<empty_output>` (id 16) as LLaVA's image token, so the tokenizer and the
   embedding matrix keep their 49,152 rows — nothing is resized.
-- Vision: a small CLIP-style ViT and LLaVA's two-layer projector. The number of image tokens per
+- Vision: a small CLIP-style ViT and a projector: LLaVA's two-layer MLP, or the `words` projector
+  (WordProjector below: image positions as mixes of the colour / shape words' embeddings), read
+  off the weights' keys. The number of image tokens per
   image is a setting (IMAGE_SETTINGS): 64 (64x64 input, patch 8; `--model testbed`) or 576 (LLaVA-1.5's
   count: the 64x64 image resized to 96x96, patch 4; `--model testbed-576`), each with its own trained
   weights; the tower trained by this project on easy-VQA with `python -m vispec_bench testbed
@@ -150,9 +152,57 @@ def _processor(tokenizer, image_tokens: int = DEFAULT_IMAGE_TOKENS):
                           image_token=IMAGE_TOKEN, num_additional_image_tokens=1)
 
 
+class WordProjector(torch.nn.Module):
+    """The `words` projector: vision as words. Image position p holds a mix of the language model's
+    own word embeddings - the eight colour words' in the first half of the positions, the three shape
+    words' in the second - weighted by a softmax over a linear read-out of patch p's feature.
+
+    Why: LLaVA's MLP projector (`mlp`) caps the 135M testbed near 87 % short-answer accuracy. The
+    model names what it sees but fails yes/no comparisons ("Is there not a circle?"), and an oracle
+    image laid out as colour/shape word embeddings is learned better than any learned vector
+    (reports/image_form.py). A word is matched to the question's word by attention the language
+    model already has. The embeddings are the model's (not parameters: they move with it);
+    a word of several tokens (" teal") is represented by its first token."""
+
+    def __init__(self, vision_hidden: int, color_words: torch.Tensor, shape_words: torch.Tensor):
+        super().__init__()
+        self.color = torch.nn.Linear(vision_hidden, color_words.shape[0])
+        self.shape = torch.nn.Linear(vision_hidden, shape_words.shape[0])
+        self.register_buffer("color_words", color_words.detach().clone(), persistent=False)
+        self.register_buffer("shape_words", shape_words.detach().clone(), persistent=False)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:  # [images, positions, H] -> [.., .., D]
+        color = self.color(features).float().softmax(-1) @ self.color_words.float()
+        shape = self.shape(features).float().softmax(-1) @ self.shape_words.float()
+        first_half = (torch.arange(features.shape[1], device=features.device) < features.shape[1] // 2)[None, :, None]
+        return torch.where(first_half, color, shape).to(self.color_words.dtype)
+
+
+def word_projector(model, tokenizer) -> WordProjector:
+    """A WordProjector over easy-VQA's colour and shape words (first token, with the leading space
+    they have inside a sentence), reading the model's vision features."""
+    from suites.easyvqa import COLORS, SHAPES
+
+    embeddings = model.get_input_embeddings().weight
+    rows = lambda words: embeddings[[tokenizer(" " + w, add_special_tokens=False)["input_ids"][0] for w in words]]
+    projector = WordProjector(model.config.vision_config.hidden_size, rows(COLORS), rows(SHAPES))
+    return projector.to(device=embeddings.device, dtype=embeddings.dtype)
+
+
+PROJECTORS = ("mlp", "words")
+
+
+def projector_of(state: dict[str, torch.Tensor]) -> str:
+    """The projector a vision.safetensors holds: `words` (WordProjector's read-outs) or LLaVA's `mlp`."""
+    return "words" if "model.multi_modal_projector.color.weight" in state else "mlp"
+
+
 def build_untrained_testbed(dtype=torch.float32, device="cpu", seed: int = 0,
-                            image_tokens: int = DEFAULT_IMAGE_TOKENS):
-    """SmolLM2's real weights, a seeded random vision tower and projector (`image_tokens` per image)."""
+                            image_tokens: int = DEFAULT_IMAGE_TOKENS, projector: str = "mlp"):
+    """SmolLM2's real weights, a seeded random vision tower and projector (`image_tokens` per image;
+    `projector`: LLaVA's two-layer `mlp` or the `words` WordProjector)."""
+    if projector not in PROJECTORS:
+        raise TestbedError(f"the testbed has no projector {projector!r}; choose one of {', '.join(PROJECTORS)}")
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlavaConfig, LlavaForConditionalGeneration
 
     source = smollm2_dir()
@@ -168,6 +218,10 @@ def build_untrained_testbed(dtype=torch.float32, device="cpu", seed: int = 0,
     model.lm_head.weight.data.copy_(language_model.lm_head.weight.data)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    if projector == "words":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model.model.multi_modal_projector = word_projector(model, tokenizer)
     return model.to(device=device, dtype=dtype).eval(), _processor(tokenizer, image_tokens)
 
 
@@ -225,7 +279,8 @@ def build_testbed(dtype=torch.float32, device="cpu", seed: int = 0, weights_dir:
     found = image_tokens_of(state, weights)
     if weights_dir is None and found != image_tokens:
         raise TestbedError(f"{weights} is a {found}-image-token tower, not the {image_tokens}-token setting asked for")
-    model, processor = build_untrained_testbed(dtype=torch.float32, device="cpu", seed=seed, image_tokens=found)
+    model, processor = build_untrained_testbed(dtype=torch.float32, device="cpu", seed=seed, image_tokens=found,
+                                               projector=projector_of(state))
     model.name_or_path = "vispec-bench/testbed" + ("" if found == DEFAULT_IMAGE_TOKENS else f"-{found}")
     lora = {k: state.pop(k) for k in [k for k in state if k.startswith("lora.")]}
     if lora and merge_lora(model, lora) * 2 != len(lora):

@@ -66,3 +66,50 @@ def pretrain_tower(model, processor, config: BuildConfig, work: Path, device: st
         **result)
     return result
 
+
+
+def fit_word_readout(model, processor, config: BuildConfig, device: str, log: StageLog, steps: int = 400) -> dict:
+    """Start of stage 2 with the `words` projector (WordProjector): its colour and shape read-outs
+    fitted as linear probes on the frozen tower's patch features (every patch predicts its image's
+    label), so the first image tokens already name the image. Returns the held-out accuracies per
+    patch and per image (the patches' mean probabilities)."""
+    import easy_vqa
+
+    from suites.easyvqa import COLORS, SHAPES, image_labels
+
+    tower, projector = model.model.vision_tower, model.model.multi_modal_projector
+    paths = easy_vqa.get_train_image_paths()
+    labels = image_labels("train")
+    known = [i for i in range(len(paths)) if {"shape", "color"} <= set(labels.get(i, {}))]
+    targets = {"shape": torch.tensor([SHAPES.index(labels[i]["shape"]) for i in known], device=device),
+               "color": torch.tensor([COLORS.index(labels[i]["color"]) for i in known], device=device)}
+    tower.eval()
+    with torch.no_grad():  # the tower is frozen: its features once, in bf16 (576 tokens: ~1 GB)
+        features = torch.cat([tower(pixel_values=pixel_values(processor, [paths[i] for i in known[s:s + 256]]).to(device),
+                                    output_hidden_states=True).hidden_states[-2][:, 1:].to(torch.bfloat16)
+                              for s in range(0, len(known), 256)])
+    held_out = torch.arange(len(known))[-200:]  # as stage 1: the last 200 labelled train images check it
+    train_ids = torch.arange(len(known))[:-200]
+    readouts = {"shape": projector.shape, "color": projector.color}
+    params = [p for readout in readouts.values() for p in readout.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=1e-2)
+    generator = torch.Generator().manual_seed(config.seed)
+    for _ in range(steps):
+        batch = train_ids[torch.randint(len(train_ids), (128,), generator=generator)]
+        states = features[batch].float()
+        loss = sum(nn.functional.cross_entropy(readout(states).flatten(0, 1),
+                                               targets[name][batch].repeat_interleave(states.shape[1]))
+                   for name, readout in readouts.items())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    result = {}
+    with torch.no_grad():
+        states = features[held_out].float()
+        for name, readout in readouts.items():
+            probabilities = readout(states).softmax(-1)
+            target = targets[name][held_out]
+            result[f"readout_{name}_accuracy_per_patch"] = round(float((probabilities.argmax(-1) == target[:, None]).float().mean()), 4)
+            result[f"readout_{name}_accuracy_per_image"] = round(float((probabilities.mean(1).argmax(-1) == target).float().mean()), 4)
+    log(stage="vision", readout_steps=steps, **result)
+    return result

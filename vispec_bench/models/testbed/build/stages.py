@@ -21,8 +21,8 @@ from vispec_bench.models.testbed.build.vision import check_lora_targets, save_vi
 from vispec_bench.running.config import BuildConfig
 
 STAGE_SETTINGS = {"pretrain": ("seed", "image_tokens", "pretrain_steps", "pretrain_batch"),
-                  "vision": ("vision_steps", "vision_batch", "vision_lr", "vision_target", "vision_train_tower",
-                             "lora_rank", "lora_targets", "vision_balance", "vision_init", "vision_long_examples", "eval_every", "eval_questions"),
+                  "vision": ("projector", "vision_steps", "vision_batch", "vision_lr", "vision_target", "vision_train_tower",
+                             "lora_rank", "lora_targets", "lora_words_steps", "vision_balance", "vision_init", "vision_long_examples", "eval_every", "eval_questions"),
                   "data": ("data_samples", "data_max_new_tokens"),
                   **{f"draft-{stage.name}": ("draft_vocab", "draft_steps") for stage in DRAFT_STAGES}}
 
@@ -47,11 +47,13 @@ def check_settings(config: BuildConfig, work: Path) -> None:
 def build(config: BuildConfig, command: str = "") -> Path:
     """Run every unfinished stage (and install when config.install); returns the work directory."""
     from vispec_bench.models.loading import resolve_device
-    from vispec_bench.models.testbed.model import build_untrained_testbed
+    from vispec_bench.models.testbed.model import PROJECTORS, build_untrained_testbed
 
     device = resolve_device(config.device)
     work = config.work_dir()
     check_lora_targets(config.lora_targets)  # a bad name fails now, not after an hour of pretraining
+    if config.projector not in PROJECTORS:
+        raise InputError(f"--projector: no projector named {config.projector!r}; choose from {', '.join(PROJECTORS)}")
     work.mkdir(parents=True, exist_ok=True)
     check_settings(config, work)
     log = StageLog(work)
@@ -61,7 +63,7 @@ def build(config: BuildConfig, command: str = "") -> Path:
     if not (weights / "vision.safetensors").exists():
         started = time.time()
         model, processor = build_untrained_testbed(dtype=torch.float32, device=device, seed=config.seed,
-                                                   image_tokens=config.image_tokens)
+                                                   image_tokens=config.image_tokens, projector=config.projector)
         info = stage_done(work, "pretrain")
         if info is None:
             info = pretrain_tower(model, processor, config, work, device, log)

@@ -16,6 +16,7 @@ from torch import nn
 from vispec_bench.drafts.training import lr_factor
 from vispec_bench.errors import InputError
 from vispec_bench.models.testbed.build.common import TRAINABLE, StageLog
+from vispec_bench.models.testbed.build.pretrain import fit_word_readout
 from vispec_bench.models.testbed.build.vision_examples import ShortAnswerExamples, balanced_order, long_answer_examples
 from vispec_bench.models.testbed.model import LORA_PROJECTIONS, LORA_TARGETS, lora_key, lora_linear
 from vispec_bench.running.config import BuildConfig
@@ -162,26 +163,58 @@ def load_resume_state(path: Path, device: str) -> dict:
                          "Delete it to restart stage 2.") from None
 
 
-def start_from(model, lora: LanguageLoRA | None, source: Path, log: StageLog) -> None:
+def start_from(model, lora: LanguageLoRA | None, source: Path, log: StageLog) -> dict[str, bool]:
     """--vision-init: LoRA factors from another build's weights (the language side's skills: reading
     image embeddings, answering in one word or at length), and its tower + projector when its tower
     has the same image-token setting (continuing that build; a projector only fits the tower it was
-    trained on, so with another setting both stay this build's own)."""
+    trained on, so with another setting both stay this build's own). A source with another kind of
+    projector (mlp vs words) gives its tower only: its LoRA learned to read the other projector's
+    image tokens. Returns what was loaded: {"lora", "tower", "projector"} -> bool."""
     from safetensors.torch import load_file
 
-    from vispec_bench.models.testbed.model import image_tokens_of
+    from vispec_bench.models.testbed.model import image_tokens_of, projector_of
 
     path = source / "vision.safetensors"
     if not path.exists():
         raise FileNotFoundError(f"--vision-init {source}: no vision.safetensors there")
     state = load_file(str(path))
-    if lora is not None:
+    # a LoRA learned to read one projector's image tokens: with another projector it starts fresh
+    same_projector = projector_of(state) == projector_in(model)
+    if lora is not None and same_projector:
         lora.load_exported(state, path)
     own = model.config.vision_config
     same_tower = image_tokens_of(state, path) == (own.image_size // own.patch_size) ** 2
     if same_tower:
-        model.load_state_dict({k: v.float() for k, v in state.items() if k.startswith(TRAINABLE)}, strict=False)
-    log(stage="vision", init=str(source), lora=lora is not None, tower_and_projector=same_tower)
+        kept = ("model.vision_tower.",) + (("model.multi_modal_projector.",) if same_projector else ())
+        model.load_state_dict({k: v.float() for k, v in state.items() if k.startswith(kept)}, strict=False)
+    loaded = {"lora": lora is not None and same_projector, "tower": same_tower, "projector": same_tower and same_projector}
+    log(stage="vision", init=str(source), **loaded)
+    return loaded
+
+
+def lora_told_in_words(model, lora: LanguageLoRA, processor, config: BuildConfig, work: Path, device: str,
+                       log: StageLog) -> None:
+    """--lora-words-steps: the LoRA first learns the questions told in words (build/words.py), once:
+    its factors are kept in WORK/words_lora.pt, so an interrupted stage 2 does not repeat it."""
+    from vispec_bench.models.testbed.build.words import train_lora_told_in_words
+
+    path = work / "words_lora.pt"
+    if path.exists():
+        lora.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+        log(stage="vision", words_lora="loaded", path=str(path))
+        return
+    started = time.time()
+    loss = train_lora_told_in_words(model, lora, processor.tokenizer, config.lora_words_steps, config.seed,
+                                    config.vision_lr, config.vision_batch, device)
+    torch.save({k: v.detach().cpu() for k, v in lora.state_dict().items()}, path)
+    log(stage="vision", words_lora_steps=config.lora_words_steps, loss=None if loss is None else round(loss, 4),
+        seconds=round(time.time() - started, 1))
+
+
+def projector_in(model) -> str:
+    from vispec_bench.models.testbed.model import WordProjector
+
+    return "words" if isinstance(model.model.multi_modal_projector, WordProjector) else "mlp"
 
 
 def cached_long_examples(model, processor, config: BuildConfig, work: Path, device: str, log: StageLog) -> list:
@@ -237,8 +270,11 @@ def train_vision(model, processor, config: BuildConfig, work: Path, device: str,
                                   state["best_lora"])
         log(stage="vision", resumed_at=start)
     else:
-        if config.vision_init:
-            start_from(model, lora, Path(config.vision_init), log)
+        loaded = start_from(model, lora, Path(config.vision_init), log) if config.vision_init else {}
+        if lora is not None and config.lora_words_steps and not loaded.get("lora"):
+            lora_told_in_words(model, lora, processor, config, work, device, log)
+        if projector_in(model) == "words" and not loaded.get("projector"):
+            fit_word_readout(model, processor, config, device, log)
         best = BestEvaluation.of(0, first_token_accuracy(model, test, eval_indices, device), model, lora)
         log(stage="vision", step=0, eval_accuracy=best.accuracy)
     if config.vision_balance:
