@@ -51,7 +51,7 @@ def test_words_stage_two_fits_the_readouts_first_and_ships_weights_that_load_as_
     assert order[0] < order[1] < step0  # told in words, then the read-outs, then the image steps
     # an untrained tower still tells colours apart (they are its pixels): far above chance (1/8)
     assert logged[order[1]]["readout_color_accuracy_per_image"] > 0.5
-    words_lora = torch.load(tmp_path / "words_lora.pt", weights_only=True)
+    words_lora = torch.load(tmp_path / "words_lora-3steps.pt", weights_only=True)
     assert any(torch.count_nonzero(b) for k, b in words_lora.items() if k.startswith("B."))  # it trained
     save_vision_weights(model, factors, tmp_path / "weights" / "vision.safetensors")
     loaded, _, _ = testbed_module.build_testbed(weights_dir=tmp_path / "weights")
@@ -85,3 +85,7 @@ def test_told_in_words_lora_trains_once_and_an_interrupted_stage_two_loads_it(tm
     lora_told_in_words(model, again, processor, config, tmp_path, "cpu", lambda **entry: logged.append(entry))
     assert logged[-1]["words_lora"] == "loaded"
     assert all(torch.equal(v, trained[k]) for k, v in again.state_dict().items())
+    # another step count is another LoRA: trained, not loaded
+    lora_told_in_words(model, again, processor, BuildConfig(lora_words_steps=1, vision_batch=2), tmp_path, "cpu",
+                       lambda **entry: logged.append(entry))
+    assert logged[-1]["words_lora_steps"] == 1

@@ -195,10 +195,11 @@ def start_from(model, lora: LanguageLoRA | None, source: Path, log: StageLog) ->
 def lora_told_in_words(model, lora: LanguageLoRA, processor, config: BuildConfig, work: Path, device: str,
                        log: StageLog) -> None:
     """--lora-words-steps: the LoRA first learns the questions told in words (build/words.py), once:
-    its factors are kept in WORK/words_lora.pt, so an interrupted stage 2 does not repeat it."""
+    its factors are kept in WORK/words_lora-<N>steps.pt, so an interrupted stage 2 does not repeat it
+    (named by N: a resumed stage 2 with another --lora-words-steps trains again)."""
     from vispec_bench.models.testbed.build.words import train_lora_told_in_words
 
-    path = work / "words_lora.pt"
+    path = work / f"words_lora-{config.lora_words_steps}steps.pt"
     if path.exists():
         lora.load_state_dict(torch.load(path, map_location=device, weights_only=True))
         log(stage="vision", words_lora="loaded", path=str(path))
