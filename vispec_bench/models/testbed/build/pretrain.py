@@ -12,6 +12,11 @@ from vispec_bench.models.testbed.build.vision_examples import pixel_values
 from vispec_bench.running.config import BuildConfig
 
 
+def patch_features(tower, pixels: torch.Tensor) -> torch.Tensor:
+    """[B, patches, H]: the layer LLaVA's projector reads, patch tokens only."""
+    return tower(pixel_values=pixels, output_hidden_states=True).hidden_states[-2][:, 1:]
+
+
 def pretrain_tower(model, processor, config: BuildConfig, work: Path, device: str, log: StageLog) -> dict:
     """Train the tower with two linear probes on every patch feature; returns the probes' held-out
     accuracies (share of patches that name the image's shape / colour)."""
@@ -36,9 +41,6 @@ def pretrain_tower(model, processor, config: BuildConfig, work: Path, device: st
     held_out = torch.arange(len(paths))[-200:]  # the last 200 train images check the probes
     train_ids = torch.arange(len(paths))[:-200]
 
-    def features(batch):  # [B, patches, H]: the layer LLaVA's projector reads, patch tokens only
-        return tower(pixel_values=batch, output_hidden_states=True).hidden_states[-2][:, 1:]
-
     def probe_loss(states, name, target):
         logits = probes[name](states)  # every patch predicts the image's label
         labels = target[:, None].expand(-1, states.shape[1])
@@ -48,14 +50,14 @@ def pretrain_tower(model, processor, config: BuildConfig, work: Path, device: st
     loss = None  # stays None when pretrain_steps is 0: the probes are then only evaluated
     for step in tqdm(range(config.pretrain_steps), desc="testbed pretrain tower"):
         batch = train_ids[torch.randint(len(train_ids), (config.pretrain_batch,), generator=generator)]
-        states = features(pixels[batch])
+        states = patch_features(tower, pixels[batch])
         loss = probe_loss(states, "shape", shape[batch]) + probe_loss(states, "color", color[batch])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
     tower.eval()
     with torch.no_grad():
-        states = features(pixels[held_out])
+        states = patch_features(tower, pixels[held_out])
         result = {}
         for name, target in (("shape", shape), ("color", color)):
             known = target[held_out] != -100
@@ -85,9 +87,8 @@ def fit_word_readout(model, processor, config: BuildConfig, device: str, log: St
                "color": torch.tensor([COLORS.index(labels[i]["color"]) for i in known], device=device)}
     tower.eval()
     with torch.no_grad():  # the tower is frozen: its features once, in bf16 (576 tokens: ~1 GB)
-        features = torch.cat([tower(pixel_values=pixel_values(processor, [paths[i] for i in known[s:s + 256]]).to(device),
-                                    output_hidden_states=True).hidden_states[-2][:, 1:].to(torch.bfloat16)
-                              for s in range(0, len(known), 256)])
+        features = torch.cat([patch_features(tower, pixel_values(processor, [paths[i] for i in known[s:s + 256]]).to(device))
+                              .to(torch.bfloat16) for s in range(0, len(known), 256)])
     held_out = torch.arange(len(known))[-200:]  # as stage 1: the last 200 labelled train images check it
     train_ids = torch.arange(len(known))[:-200]
     readouts = {"shape": projector.shape, "color": projector.color}
