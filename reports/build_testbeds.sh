@@ -52,7 +52,7 @@ partial = sys.argv[2] == "partial"
 for tokens in map(int, sys.argv[3:]):
     work = Path(sys.argv[1]) / f"build{tokens}"
     stored = json.loads((work / "build_config.json").read_text())
-    config = BuildConfig(**{k: v for k, v in stored.items() if k in BuildConfig.__dataclass_fields__})
+    config = BuildConfig.from_stored(stored)
     print(install(config, work, config.device, f"reports/build_testbeds.sh {tokens}", partial=partial))
 PY
 }

@@ -89,7 +89,8 @@ def test_testbed_build_at_toy_size_installs_weights_that_run_losslessly(tmp_path
     from vispec_bench.running.runner import Runner
 
     config = BuildConfig(device="cpu", work=str(tmp_path / "work"), pretrain_steps=2, pretrain_batch=8,
-                         vision_steps=2, eval_every=2, eval_questions=4, vision_long_examples=3, data_samples=5,
+                         lora_words_steps=2, vision_steps=2, eval_every=2, eval_questions=4, vision_long_examples=3,
+                         data_samples=5,
                          data_max_new_tokens=12,
                          draft_vocab=256, draft_steps=4, install=False)
     work = testbed_build.build(config, command="test")

@@ -162,6 +162,28 @@ def test_a_build_started_before_a_setting_existed_resumes_under_its_default(tmp_
         check_settings(BuildConfig(work=str(tmp_path), lora_targets=["q_proj", "v_proj", "up_proj"]), tmp_path)
 
 
+def test_a_build_from_before_the_words_projector_was_an_mlp_build(tmp_path):
+    """build_config.json without `projector` / `lora_words_steps` was written when LLaVA's MLP and no
+    told-in-words LoRA were all there was: it reads back as that, not as today's defaults (words, 300)."""
+    from dataclasses import asdict
+
+    from vispec_bench.errors import InputError
+    from vispec_bench.models.testbed.build.common import mark_stage_done
+    from vispec_bench.models.testbed.build.stages import check_settings
+    from vispec_bench.running.config import BuildConfig
+
+    assert (BuildConfig().projector, BuildConfig().lora_words_steps) == ("words", 300)
+    stored = asdict(BuildConfig(work=str(tmp_path)))
+    del stored["projector"], stored["lora_words_steps"]
+    assert (BuildConfig.from_stored(stored).projector, BuildConfig.from_stored(stored).lora_words_steps) == ("mlp", 0)
+    (tmp_path / "build_config.json").write_text(json.dumps(stored))
+    mark_stage_done(tmp_path, "vision", {"step": 200, "accuracy": 0.8})
+    check_settings(BuildConfig(work=str(tmp_path), projector="mlp", lora_words_steps=0), tmp_path)  # the same
+    (tmp_path / "build_config.json").write_text(json.dumps(stored))
+    with pytest.raises(InputError, match="lora_words_steps, projector"):
+        check_settings(BuildConfig(work=str(tmp_path)), tmp_path)  # today's defaults would change stage 2
+
+
 @pytest.mark.slow
 def test_vision_init_takes_tower_and_projector_only_from_the_same_setting(tmp_path):
     from vispec_bench.models.testbed.build.vision import LanguageLoRA, save_vision_weights, start_from

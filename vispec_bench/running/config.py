@@ -202,15 +202,15 @@ class BuildConfig(MachineSettings):
                                     "patch 4; --model testbed-576) or 256 (64x64, patch 4)")
     pretrain_steps: int = setting(300, "stage 1: vision-tower pretraining steps")
     pretrain_batch: int = setting(64, "stage 1 batch size")
-    projector: str = setting("mlp", "stage 2's projector: mlp (LLaVA's two-layer MLP) or words (each image "
-                                    "position a mix of the colour or shape words' embeddings; fitted as probes first)")
+    projector: str = setting("words", "stage 2's projector: words (each image position a mix of the colour or shape "
+                                      "words' embeddings; fitted as probes first) or mlp (LLaVA's two-layer MLP)")
     vision_steps: int = setting(1000, "stage 2: vision alignment steps")
     vision_batch: int = setting(8, "stage 2 batch size")
     vision_lr: float = setting(1e-3, "stage 2 learning rate")
     vision_target: float = setting(0.93, "held-out first-token accuracy that ends stage 2 early")
     vision_train_tower: bool = setting(False, "stage 2 also trains the vision tower (default: only projector + "
                                               "LoRA)", flag="--train-tower")
-    lora_words_steps: int = setting(0, "stage 2 first trains its LoRA this many steps on the train questions with "
+    lora_words_steps: int = setting(300, "stage 2 first trains its LoRA this many steps on the train questions with "
                                        "the image told in words ('The image shows a red circle. <question>'), "
                                        "text only (for --projector words; not when the LoRA comes from --vision-init)")
     lora_rank: int = setting(8, "LoRA rank on the language model's projections in stage 2 (0 = frozen)")
@@ -232,6 +232,17 @@ class BuildConfig(MachineSettings):
     draft_steps: int = setting(1200, "stage 4: training steps of every draft, a first stage included (ViSpec: half "
                                      "as EAGLE-2 (stage 1), half as ViSpec)")
     install: bool = setting(True, "leave the package's weights alone (the results stay in the work directory)")
+
+    # What a setting meant before it existed: a build_config.json written before `projector` and
+    # `lora_words_steps` were settings was built with LLaVA's MLP and no told-in-words LoRA, not
+    # with today's defaults.
+    BEFORE_IT_EXISTED = {"projector": "mlp", "lora_words_steps": 0}
+
+    @classmethod
+    def from_stored(cls, stored: dict) -> "BuildConfig":
+        """The config a work directory's build_config.json records (keys it lacks: what they meant then)."""
+        known = {k: v for k, v in stored.items() if k in cls.__dataclass_fields__}
+        return cls(**{**{k: v for k, v in cls.BEFORE_IT_EXISTED.items() if k not in known}, **known})
 
     def work_dir(self) -> Path:
         if self.work:

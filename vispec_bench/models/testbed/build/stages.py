@@ -33,9 +33,8 @@ def check_settings(config: BuildConfig, work: Path) -> None:
     settings = asdict(config)
     if path.exists():
         stored = json.loads(path.read_text())
-        defaults = asdict(BuildConfig())  # a setting added after the build started had its default then
-        changed = {k for k in settings
-                   if k not in ("install", "device", "work") and stored.get(k, defaults[k]) != settings[k]}
+        then = asdict(BuildConfig.from_stored(stored))  # a setting added after the build started: its meaning then
+        changed = {k for k in settings if k not in ("install", "device", "work") and then[k] != settings[k]}
         clashes = sorted(k for stage, keys in STAGE_SETTINGS.items() if stage_done(work, stage)
                          for k in keys if k in changed)
         if clashes:
