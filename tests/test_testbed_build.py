@@ -81,8 +81,11 @@ def test_batched_gen_data_gives_the_engines_greedy_answers():
         assert (ids, stop) == (result.new_ids, result.stop_reason)
 
 
-def test_testbed_build_at_toy_size_installs_weights_that_run_losslessly(tmp_path):
+def test_testbed_build_at_toy_size_installs_weights_that_run_losslessly(tmp_path, monkeypatch):
+    import time
+
     from vispec_bench.models.testbed import build as testbed_build
+    from vispec_bench.models.testbed.build import stages
     from vispec_bench.models.testbed.build.vision import load_resume_state
     from vispec_bench.models.testbed.model import testbed_loader
     from vispec_bench.running.config import RunConfig
@@ -93,7 +96,18 @@ def test_testbed_build_at_toy_size_installs_weights_that_run_losslessly(tmp_path
                          data_samples=5,
                          data_max_new_tokens=12,
                          draft_vocab=256, draft_steps=4, install=False)
+    pretrain_tower = stages.pretrain_tower
+
+    def slow_pretrain(*args, **kwargs):  # a stage 1 long enough that counting it twice shows
+        time.sleep(3)
+        return pretrain_tower(*args, **kwargs)
+
+    monkeypatch.setattr(stages, "pretrain_tower", slow_pretrain)
+    started = time.time()
     work = testbed_build.build(config, command="test")
+    elapsed = time.time() - started
+    # each stage's recorded seconds are its own: together they fit in the build's wall time
+    assert sum(json.loads(path.read_text())["seconds"] for path in work.glob("*.done.json")) <= elapsed + 0.5
     for stage in ("pretrain", "vision", "data", "draft-medusa", "draft-eagle2", "draft-vispec-stage1", "draft-vispec",
                   "draft-vispec-noadaptor", "draft-vispec-noglobal", "draft-eaglevlm", "draft-specvlm-stage1",
                   "draft-specvlm", "draft-eagle3"):

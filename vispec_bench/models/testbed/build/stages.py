@@ -69,6 +69,7 @@ def build(config: BuildConfig, command: str = "") -> Path:
             torch.save({k: v.cpu() for k, v in model.state_dict().items() if k.startswith(TRAINABLE)},
                        work / "pretrain_weights.pt")
             mark_stage_done(work, "pretrain", {**info, "seconds": round(time.time() - started, 1)})
+            started = time.time()  # stage 2's clock starts here: its seconds must not count stage 1's again
         elif not (work / "vision_state.pt").exists():
             model.load_state_dict(torch.load(work / "pretrain_weights.pt", weights_only=True), strict=False)
         result, lora_factors = train_vision(model, processor, config, work, device, log)
