@@ -197,6 +197,11 @@ def projector_of(state: dict[str, torch.Tensor]) -> str:
     return "words" if "model.multi_modal_projector.color.weight" in state else "mlp"
 
 
+def projector_in(model) -> str:
+    """The projector a loaded testbed model has (projector_of's answer for its state dict)."""
+    return "words" if isinstance(model.model.multi_modal_projector, WordProjector) else "mlp"
+
+
 def build_untrained_testbed(dtype=torch.float32, device="cpu", seed: int = 0,
                             image_tokens: int = DEFAULT_IMAGE_TOKENS, projector: str = "mlp"):
     """SmolLM2's real weights, a seeded random vision tower and projector (`image_tokens` per image;

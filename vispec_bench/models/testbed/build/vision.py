@@ -18,7 +18,7 @@ from vispec_bench.errors import InputError
 from vispec_bench.models.testbed.build.common import TRAINABLE, StageLog
 from vispec_bench.models.testbed.build.pretrain import fit_word_readout
 from vispec_bench.models.testbed.build.vision_examples import ShortAnswerExamples, balanced_order, long_answer_examples
-from vispec_bench.models.testbed.model import LORA_PROJECTIONS, LORA_TARGETS, lora_key, lora_linear
+from vispec_bench.models.testbed.model import LORA_PROJECTIONS, LORA_TARGETS, lora_key, lora_linear, projector_in
 from vispec_bench.running.config import BuildConfig
 
 
@@ -210,12 +210,6 @@ def lora_told_in_words(model, lora: LanguageLoRA, processor, config: BuildConfig
     torch.save({k: v.detach().cpu() for k, v in lora.state_dict().items()}, path)
     log(stage="vision", words_lora_steps=config.lora_words_steps, loss=None if loss is None else round(loss, 4),
         seconds=round(time.time() - started, 1))
-
-
-def projector_in(model) -> str:
-    from vispec_bench.models.testbed.model import WordProjector
-
-    return "words" if isinstance(model.model.multi_modal_projector, WordProjector) else "mlp"
 
 
 def cached_long_examples(model, processor, config: BuildConfig, work: Path, device: str, log: StageLog) -> list:
