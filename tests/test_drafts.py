@@ -304,11 +304,14 @@ def test_training_resumes_from_its_checkpoint(tmp_path):
                          save_every=10, eval_every=10, dtype="float32", device="cpu")
     train(config, progress=False, log=lambda m: None)
     state = torch.load(tmp_path / "ck" / "trainer_state.pt", weights_only=True)
-    assert state["step"] == 20
+    assert state["step"] == 20 and state["train_seconds"] > 0
     with pytest.raises(FileExistsError, match="--resume"):
         train(config, progress=False, log=lambda m: None)
+    # the training seconds of earlier runs carry over a resume: say the first run took 1,000 s
+    torch.save({**state, "train_seconds": 1000.0}, tmp_path / "ck" / "trainer_state.pt")
     longer = TrainConfig(**{**config.__dict__, "steps": 30, "resume": True})
     train(longer, progress=False, log=lambda m: None)
-    assert torch.load(tmp_path / "ck" / "trainer_state.pt", weights_only=True)["step"] == 30
+    resumed = torch.load(tmp_path / "ck" / "trainer_state.pt", weights_only=True)
+    assert resumed["step"] == 30 and resumed["train_seconds"] > 1000.0
     steps = [json.loads(line)["step"] for line in (tmp_path / "ck" / "train_log.jsonl").read_text().splitlines()]
     assert steps == [0, 10, 20, 30]

@@ -276,3 +276,14 @@ def test_install_refuses_a_build_without_its_drafts_unless_asked_for_a_partial_i
     provenance = json.loads((installed / "provenance.json").read_text())
     assert provenance["missing_drafts"] == list(SHIPPED_DRAFTS)
     assert (installed / "vision.safetensors").exists() and not (installed / "drafts").exists()
+
+
+def test_a_resumed_draft_stage_counts_the_training_seconds_its_checkpoint_holds(tmp_path):
+    from vispec_bench.drafts.resume_state import save_state
+    from vispec_bench.models.testbed.build.drafts import seconds_before_resume
+
+    assert seconds_before_resume(tmp_path / "trainer_state.pt") == 0.0  # a fresh stage
+    save_state(tmp_path / "trainer_state.pt", {"step": 100, "train_seconds": 412.5})
+    assert seconds_before_resume(tmp_path / "trainer_state.pt") == 412.5
+    save_state(tmp_path / "old.pt", {"step": 100})  # a checkpoint from before the seconds were kept
+    assert seconds_before_resume(tmp_path / "old.pt") == 0.0

@@ -247,8 +247,10 @@ def train(config: TrainConfig, progress: bool = True, log=print, model_loader=No
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, config.warmup_steps, total_steps))
     start_step = 0
+    seconds_before = 0.0  # training seconds of earlier runs, up to the checkpoint this one resumes
     if config.resume:
         state = load_state(state_path, required=("step", "optimizer", "scheduler", "rng"))
+        seconds_before = float(state.get("train_seconds", 0.0))
         saved = load_draft(out).state_dict
         set_token_map(draft, saved.get(BUFFER))
         draft.load_state_dict(saved)
@@ -285,8 +287,11 @@ def train(config: TrainConfig, progress: bool = True, log=print, model_loader=No
 
     def checkpoint(step: int, accuracy: dict, generated: dict) -> None:
         save_draft(out, draft.state_dict(), training_info(step, accuracy, generated))
+        # train_seconds: the loop's seconds up to this checkpoint over every run, so a run interrupted
+        # after it counts its work once (work after it is lost and redone, counted when redone)
         save_state(state_path, {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                "rng": rng_state(device)})
+                                "rng": rng_state(device),
+                                "train_seconds": round(seconds_before + time.time() - started, 1)})
 
     def snapshot(step: int, epoch: int, accuracy: dict, generated: dict) -> None:
         """OUT/epoch-N: the draft as it is at the end of epoch N, loadable like OUT itself. A
