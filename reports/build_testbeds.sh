@@ -12,6 +12,8 @@
 #   reports/build_testbeds.sh install-partial 576  # its vision side + finished drafts, to commit a
 #                                      # build that will not finish in one sitting (then continue it
 #                                      # with --pretrain-steps 0 --vision-init <that folder> --vision-steps 0)
+#   INSTALL_TO=DIR reports/build_testbeds.sh install-partial 576  # the same into DIR, leaving the
+#                                      # shipped folder as it is (one setting)
 #
 # Work directories: $WORK/build<N> (default /work/build<N>). Run it alone: stage times are recorded.
 set -euo pipefail
@@ -43,18 +45,21 @@ build_576() {
 
 install_settings() {  # install_settings PARTIAL N...: these settings' work directories into the package
   python - "$WORK" "$@" <<'PY'
-import json, sys
+import json, os, sys
 from pathlib import Path
 
 from vispec_bench.models.testbed.build import install
 from vispec_bench.running.config import BuildConfig
 
-partial = sys.argv[2] == "partial"
-for tokens in map(int, sys.argv[3:]):
+partial, settings, to = sys.argv[2] == "partial", list(map(int, sys.argv[3:])), os.environ.get("INSTALL_TO")
+if to and len(settings) != 1:
+    sys.exit("INSTALL_TO names one folder: give one setting")
+for tokens in settings:
     work = Path(sys.argv[1]) / f"build{tokens}"
     stored = json.loads((work / "build_config.json").read_text())
     config = BuildConfig.from_stored(stored)
-    print(install(config, work, config.device, f"reports/build_testbeds.sh {tokens}", partial=partial))
+    print(install(config, work, config.device, f"reports/build_testbeds.sh {tokens}", partial=partial,
+                  target=Path(to) if to else None))
 PY
 }
 
