@@ -35,8 +35,8 @@ build_64() {
 
 build_576() {
   # Its own tower, pretrained from scratch (stage 1); the LoRA from the 64 build (same projector kind: it
-  # already reads word-images, so no told-in-words steps), the read-outs fitted on this tower. A 576 stage-2 step costs 39-50 s on
-  # the 2 cores: 100 steps, evaluated every 25 on 128 questions, stopping at 97 % (50 steps reached 86.8 % on
+  # already reads word-images, so no told-in-words steps), the read-outs fitted on this tower. A 576 stage-2 step costs 19-50 s on
+  # 2 cores (19 on the 2026-12-06 machine, 39-50 on the one before): 100 steps, evaluated every 25 on 128 questions, stopping at 97 % (50 steps reached 86.8 % on
   # item 5's 500 questions, 2026-12-05; a second 50 from there 90.6 % on the 128: README "Built so far").
   python -m vispec_bench testbed build --image-tokens 576 --work "$WORK/build576" "${COMMON[@]}" \
     --projector words --lora-words-steps 0 --pretrain-steps 300 --pretrain-batch 32 \
