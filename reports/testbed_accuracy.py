@@ -14,7 +14,6 @@ not rerun. The records stay under --out
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
@@ -23,8 +22,9 @@ def mean_score(run_dir: Path, long_answers: bool) -> tuple[float, int]:
     """Short: the suite's score (the answer matches). Long: the suite's extra score
     `names_shape_or_color` (the answer names the image's true shape or colour); a sample whose image
     has neither label known has no such score and is left out."""
-    records = [json.loads(line) for line in (run_dir / "records.jsonl").read_text().splitlines()]
-    records = [r for r in records if r["method"] == "ar"]
+    from vispec_bench.results.records import RunStore
+
+    records = [r for r in RunStore(run_dir).records() if r["method"] == "ar"]  # a live run or a report's (gzip)
     if long_answers:
         scores = [r["extra_scores"]["names_shape_or_color"] for r in records
                   if "names_shape_or_color" in (r.get("extra_scores") or {})]
